@@ -1,0 +1,1 @@
+"""Tubelet: a video streaming server built on aiohttp."""

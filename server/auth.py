@@ -1,0 +1,193 @@
+"""Register, login, refresh, logout, me; and the helpers that authenticate requests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import bcrypt
+import psycopg2
+from aiohttp import web
+
+from . import db
+from .errors import ApiError
+from .keys import CONFIG_KEY, DUMMY_HASH_KEY, QUERIES_KEY
+from .tokens import (
+    TokenError,
+    bearer_token,
+    hash_refresh_token,
+    issue_access_token,
+    new_refresh_token,
+    read_access_token,
+)
+from .validation import (
+    check_password,
+    invalid,
+    normalise_email,
+    read_json_object,
+    string_field,
+)
+
+routes = web.RouteTableDef()
+
+UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="tubelet"'}
+
+
+def user_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "name": row["name"],
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def authenticated_user(request: web.Request) -> int:
+    """The user id of a valid Bearer access token, or a 401 ApiError."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise ApiError(401, "unauthorized", "A Bearer access token is required", UNAUTHORIZED)
+    config = request.app[CONFIG_KEY]
+    try:
+        return read_access_token(token, config.jwt_secret, config.jwt_algorithm)
+    except TokenError:
+        raise ApiError(401, "invalid_token", "The access token is invalid or expired",
+                       UNAUTHORIZED) from None
+
+
+def optional_user(request: web.Request) -> int | None:
+    """The user id when a valid token comes with the request, else None."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        return None
+    config = request.app[CONFIG_KEY]
+    try:
+        return read_access_token(token, config.jwt_secret, config.jwt_algorithm)
+    except TokenError:
+        return None
+
+
+async def _hash_password(rounds: int, password: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, bcrypt.hashpw, password, bcrypt.gensalt(rounds))
+
+
+async def _check_password(password: bytes, hashed: bytes) -> bool:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, bcrypt.checkpw, password, hashed)
+
+
+async def _issue_pair(request: web.Request, cur: Any, user_id: int,
+                      family_id: uuid.UUID) -> dict[str, Any]:
+    config = request.app[CONFIG_KEY]
+    refresh = new_refresh_token()
+    await cur.execute(request.app[QUERIES_KEY]["insert_refresh_token"], {
+        "user_id": user_id,
+        "family_id": str(family_id),
+        "token_hash": psycopg2.Binary(hash_refresh_token(refresh)),
+        "ttl": config.refresh_token_ttl,
+    })
+    return {
+        "access_token": issue_access_token(
+            user_id, config.jwt_secret, config.jwt_algorithm, config.access_token_ttl
+        ),
+        "refresh_token": refresh,
+        "token_type": "bearer",
+        "expires_in": config.access_token_ttl,
+    }
+
+
+@routes.post("/auth/register", name="register")
+async def register(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    email = normalise_email(string_field(body, "email", max_len=254))
+    password = check_password(string_field(body, "password", max_len=1024))
+    name = string_field(body, "name", required=False, max_len=50).strip()
+    if not name:
+        name = email.split("@", 1)[0][:50]
+    hashed = await _hash_password(request.app[CONFIG_KEY].bcrypt_rounds, password)
+    async with db.cursor(request.app) as cur:
+        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["insert_user"], {
+            "email": email, "name": name, "password_hash": hashed.decode("ascii"),
+        })
+    if row is None:
+        raise ApiError(409, "email_taken", "An account with this email already exists")
+    return web.json_response(user_json(row), status=201)
+
+
+@routes.post("/auth/login", name="login")
+async def login(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    email = string_field(body, "email", max_len=254).strip()
+    password = string_field(body, "password", max_len=1024).encode("utf-8", "replace")
+    async with db.cursor(request.app) as cur:
+        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["user_by_email"],
+                                 {"email": email})
+        # An unknown email still pays for one bcrypt check, so timing does not
+        # tell which emails have accounts.
+        hashed = row["password_hash"].encode("ascii") if row else request.app[DUMMY_HASH_KEY]
+        ok = len(password) <= 72 and await _check_password(password[:72], hashed)
+        if row is None or not ok:
+            raise ApiError(401, "invalid_credentials", "Email or password is incorrect")
+        async with cur.begin():
+            pair = await _issue_pair(request, cur, row["id"], uuid.uuid4())
+    return web.json_response(pair)
+
+
+@routes.post("/auth/refresh", name="refresh")
+async def refresh(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    token = string_field(body, "refresh_token", max_len=512)
+    if not token:
+        raise invalid("'refresh_token' is required")
+    queries = request.app[QUERIES_KEY]
+    rejected = ApiError(401, "invalid_refresh_token", "The refresh token is invalid")
+    async with db.cursor(request.app) as cur:
+        row = await db.fetch_one(cur, queries["refresh_token_by_hash"],
+                                 {"token_hash": psycopg2.Binary(hash_refresh_token(token))})
+        if row is None or row["revoked_at"] is not None or row["expired"]:
+            raise rejected
+        family = {"family_id": str(row["family_id"])}
+        async with cur.begin():
+            rotated = await db.fetch_one(cur, queries["rotate_refresh_token"], {"id": row["id"]})
+            if rotated is not None:
+                pair = await _issue_pair(request, cur, row["user_id"], row["family_id"])
+        if rotated is None:
+            # A token that was already rotated is being replayed: whoever holds
+            # it may have stolen it, so the whole family stops working.
+            await cur.execute(queries["revoke_family"], family)
+            raise ApiError(401, "refresh_token_reused",
+                           "This refresh token was already used; its session is revoked")
+    return web.json_response(pair)
+
+
+@routes.post("/auth/logout", name="logout")
+async def logout(request: web.Request) -> web.Response:
+    user_id = authenticated_user(request)
+    async with db.cursor(request.app) as cur:
+        await cur.execute(request.app[QUERIES_KEY]["revoke_user_tokens"], {"user_id": user_id})
+    return web.Response(status=204)
+
+
+@routes.get("/auth/me", name="me")
+async def me(request: web.Request) -> web.Response:
+    user_id = authenticated_user(request)
+    async with db.cursor(request.app) as cur:
+        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["user_by_id"], {"id": user_id})
+    if row is None:
+        raise ApiError(401, "invalid_token", "The account no longer exists", UNAUTHORIZED)
+    return web.json_response(user_json(row))
+
+
+async def dummy_hash_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[DUMMY_HASH_KEY] = await _hash_password(
+        app[CONFIG_KEY].bcrypt_rounds, b"timing-equaliser-password"
+    )
+    yield
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(dummy_hash_ctx)
+    app.add_routes(routes)

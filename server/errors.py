@@ -1,0 +1,88 @@
+"""One error shape for the whole API: {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from .keys import HTML_ERRORS_KEY
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """A client-facing failure; the middleware turns it into the JSON error shape."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason if exc.text is None or exc.text.startswith(str(exc.status)) \
+            else exc.text
+        return await _render(request, exc.status, CODES.get(exc.status, "error"), message,
+                             _passthrough_headers(exc))
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return await _render(request, 500, "internal_error", "Internal server error", {})
+
+
+async def _render(request: web.Request, status: int, code: str, message: str,
+                  headers: Mapping[str, str]) -> web.StreamResponse:
+    html = request.app.get(HTML_ERRORS_KEY)
+    if html is not None:
+        page = await html(request, status, message)
+        if page is not None:
+            return page
+    return error_response(status, code, message, headers)
+
+
+def _passthrough_headers(exc: web.HTTPException) -> dict[str, str]:
+    keep = ("Allow", "Retry-After", "WWW-Authenticate")
+    return {name: exc.headers[name] for name in keep if name in exc.headers}

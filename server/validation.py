@@ -1,0 +1,82 @@
+"""Reading and checking JSON request bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ApiError
+
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413/422 ApiError."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large", "Request body is too large") from None
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ApiError(400, "invalid_json", "Request body must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", "Request body must be a JSON object")
+    return body
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "validation_error", message)
+
+
+def string_field(body: dict[str, Any], name: str, *, required: bool = True,
+                 default: str = "", max_len: int = 10_000) -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise invalid(f"'{name}' is required")
+        return default
+    if not isinstance(value, str):
+        raise invalid(f"'{name}' must be a string")
+    if len(value) > max_len:
+        raise invalid(f"'{name}' must be at most {max_len} characters")
+    return value
+
+
+def normalise_email(value: str) -> str:
+    email = value.strip()
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        raise invalid("'email' must be a valid email address")
+    return email
+
+
+def check_password(value: str) -> bytes:
+    if len(value) < 8:
+        raise invalid("'password' must be at least 8 characters")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("'password' must be valid Unicode text") from None
+    if len(encoded) > 72:
+        raise invalid("'password' must be at most 72 bytes (bcrypt's limit)")
+    if b"\x00" in encoded:
+        raise invalid("'password' must not contain NUL characters")
+    return encoded
+
+
+def positive_int(raw: str | None, name: str, *, default: int | None = None,
+                 maximum: int | None = None) -> int | None:
+    """Parse a query-string integer (>= 1), raising a 422 on garbage."""
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise invalid(f"'{name}' must be a positive integer")
+    value = int(raw)
+    if value < 1:
+        raise invalid(f"'{name}' must be a positive integer")
+    if maximum is not None and value > maximum:
+        raise invalid(f"'{name}' must be at most {maximum}")
+    return value

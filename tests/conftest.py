@@ -1,0 +1,186 @@
+"""Fixtures: a throwaway database on the real PostgreSQL, real Redis, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import Config
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; in CI a missing tool fails instead of skipping."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"tubelet_test_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(DATABASE_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(DATABASE_URL, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = f"tubelet-test-{secrets.token_hex(6)}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> Iterator[None]:
+    yield
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('users') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("TRUNCATE users, refresh_tokens, videos RESTART IDENTITY CASCADE")
+    conn.close()
+
+
+@pytest.fixture
+def make_config(database_url: str, redis_prefix: str, tmp_path: Path,
+                clean_db: None) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": REDIS_URL,
+            "redis_prefix": redis_prefix,
+            "storage_dir": tmp_path / "storage",
+            "jwt_secret": "test-secret-" + "0123456789abcdef" * 4,
+            "bcrypt_rounds": 4,
+            "access_log": False,
+        }
+        values.update(overrides)
+        return Config(**values)
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config]) -> Config:
+    return make_config()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Config) -> TestClient:
+    return await aiohttp_client(create_app(config))
+
+
+# --- media -----------------------------------------------------------------
+
+def fake_mp4(size: int, seed: int = 1) -> bytes:
+    """Bytes that sniff as MP4 (an ftyp box) followed by deterministic filler."""
+    head = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+    filler = bytes((i * 31 + seed) % 251 for i in range(size - len(head)))
+    return head + filler
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def real_mp4(media_dir: Path) -> Path:
+    """A 12-second H.264 MP4 whose moov atom sits at the end of the file."""
+    ffmpeg = require_tool("ffmpeg")
+    out = media_dir / "clip.mp4"
+    if not out.exists():
+        subprocess.run(
+            [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+             "-f", "lavfi", "-i", "sine=frequency=440", "-t", "12", "-c:v", "libx264",
+             "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+             str(out)],
+            check=True,
+        )
+    return out
+
+
+# --- API helpers -----------------------------------------------------------
+
+async def register(client: TestClient, email: str | None = None,
+                   password: str = "correct horse battery") -> dict[str, Any]:
+    email = email or f"user-{secrets.token_hex(4)}@example.com"
+    resp = await client.post("/auth/register", json={"email": email, "password": password})
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def login(client: TestClient, email: str,
+                password: str = "correct horse battery") -> dict[str, Any]:
+    resp = await client.post("/auth/login", json={"email": email, "password": password})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def new_user_token(client: TestClient) -> str:
+    user = await register(client)
+    return (await login(client, user["email"]))["access_token"]
+
+
+async def upload(client: TestClient, token: str, data: bytes, title: str = "A video",
+                 description: str = "", filename: str = "clip.mp4") -> Any:
+    from aiohttp import FormData
+
+    form = FormData()
+    form.add_field("title", title)
+    form.add_field("description", description)
+    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    return await client.post("/videos/upload", data=form,
+                             headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+async def api_error() -> Callable[..., Any]:
+    async def check(resp: Any, status: int, code: str | None = None) -> dict[str, Any]:
+        assert resp.status == status, await resp.text()
+        body = await resp.json()
+        assert set(body) == {"error"}
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+        if code is not None:
+            assert body["error"]["code"] == code
+        return body
+
+    return check
+
+
