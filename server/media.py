@@ -49,7 +49,7 @@ def parse_duration(ffprobe_json: bytes) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-async def probe_duration(path: Path, timeout: float = 30.0) -> float | None:
+async def probe_duration(path: Path, limit: float = 30.0) -> float | None:
     """Duration in seconds by ffprobe, or None when ffprobe is absent or cannot tell."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
@@ -59,7 +59,7 @@ async def probe_duration(path: Path, timeout: float = 30.0) -> float | None:
         str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
         return None
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiofiles
 from aiohttp import BodyPartReader, ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import db
 from .auth import authenticated_user
@@ -151,7 +152,7 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], StagedFile
             raise
         if isinstance(exc, ClientError | ConnectionError | asyncio.IncompleteReadError):
             raise ApiError(400, "upload_incomplete", "The upload ended early") from None
-        if isinstance(exc, ValueError | AssertionError | RuntimeError):
+        if isinstance(exc, ValueError | AssertionError | RuntimeError | HttpProcessingError):
             raise ApiError(400, "malformed_multipart",
                            "The body is not valid multipart/form-data") from None
         raise
