@@ -184,3 +184,23 @@ async def api_error() -> Callable[..., Any]:
     return check
 
 
+async def session_upload(session: Any, server: Any, data: bytes,
+                          title: str = "A video") -> tuple[str, int]:
+    """Register, log in and upload through a plain ClientSession against a real server."""
+    import io
+
+    from aiohttp import FormData
+
+    email = f"user-{secrets.token_hex(4)}@example.com"
+    creds = {"email": email, "password": "correct horse battery"}
+    async with session.post(server.make_url("/auth/register"), json=creds) as resp:
+        assert resp.status == 201, await resp.text()
+    async with session.post(server.make_url("/auth/login"), json=creds) as resp:
+        token = (await resp.json())["access_token"]
+    form = FormData()
+    form.add_field("title", title)
+    form.add_field("file", io.BytesIO(data), filename="v.mp4")
+    async with session.post(server.make_url("/videos/upload"), data=form,
+                            headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 201, await resp.text()
+        return token, (await resp.json())["id"]

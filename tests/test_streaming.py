@@ -266,9 +266,9 @@ async def test_client_disconnect_mid_stream_is_quiet(aiohttp_server, config, cap
     server = await aiohttp_server(app)
     big = fake_mp4(64 * 1024 * 1024)
     async with ClientSession() as session:
-        from .conftest import FormData_upload
+        from .conftest import session_upload
 
-        token, video_id = await FormData_upload(session, server, big)
+        token, video_id = await session_upload(session, server, big)
         caplog.set_level(logging.DEBUG)
         caplog.clear()
         for _ in range(5):

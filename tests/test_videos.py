@@ -12,7 +12,7 @@ from aiohttp import ClientSession, FormData
 
 from server.app import create_app
 
-from .conftest import fake_mp4, new_user_token, register, login, upload
+from .conftest import fake_mp4, login, new_user_token, register, upload
 
 
 def stored_files(config) -> list[str]:
