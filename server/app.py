@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import auth, streaming, videos
+from . import auth, health, streaming, videos
 from .bus import bus_ctx, redis_ctx
 from .config import Config
 from .db import db_ctx
@@ -20,6 +20,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG_KEY] = config
     app.cleanup_ctx.append(db_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    health.setup(app)
     auth.setup(app)
     streaming.setup(app)
     videos.setup(app)

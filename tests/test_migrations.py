@@ -80,3 +80,9 @@ async def test_bad_config_exits_cleanly():
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"PORT" in err and b"Traceback" not in err
+
+
+async def test_health(client):
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
