@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    if "JWT_SECRET" not in os.environ:
+    if not os.environ.get("JWT_SECRET"):
         log.warning("JWT_SECRET is not set: using a random secret; tokens end with this process")
     command = argv[0] if argv else "serve"
     if command == "migrate":

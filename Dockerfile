@@ -1,0 +1,37 @@
+# Tubelet: one aiohttp process per container (scale with WORKERS or replicas).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOST=0.0.0.0 \
+    PORT=8080 \
+    STORAGE_DIR=/data/storage
+
+# ffprobe records each video's duration at upload (the view rule uses it).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 tubelet \
+    && useradd --system --uid 10001 --gid tubelet --home-dir /app --shell /usr/sbin/nologin tubelet
+
+WORKDIR /app
+COPY setup.cfg pyproject.toml README.md ./
+COPY server ./server
+COPY sql ./sql
+COPY templates ./templates
+COPY static ./static
+# Editable: the package keeps reading sql/, templates/ and static/ from /app.
+RUN pip install -e .
+
+RUN mkdir -p /data/storage && chown -R tubelet:tubelet /data
+USER tubelet
+VOLUME ["/data/storage"]
+EXPOSE 8080
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"
+
+CMD ["python", "-m", "server"]
