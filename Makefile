@@ -24,7 +24,7 @@ test: install
 	$(DEV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check server tests bench
+	$(PY) -m ruff check $(wildcard server tests bench)
 
 bench: install
 	$(DEV) $(PY) -m bench $(BENCH_ARGS)
