@@ -1,0 +1,230 @@
+"""The HTML front end: server-rendered pages over the JSON API, plain JS and CSS.
+
+Pages only read; everything that changes state (auth, upload, progress reports)
+is done by the browser through the JSON API and the viewer WebSocket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import db
+from .keys import CONFIG_KEY, HTML_ERRORS_KEY, QUERIES_KEY
+from .streaming import parse_video_id
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"
+PAGE_SIZE = 12
+# Paths whose errors stay JSON whatever the client accepts.
+API_PREFIXES = ("/auth/", "/videos/")
+# Static URLs carry a hash of the files, so they can be cached for good.
+STATIC_CACHE = "public, max-age=31536000, immutable"
+
+ERROR_TITLES = {
+    400: "That request didn't make sense",
+    404: "We couldn't find that page",
+    405: "That doesn't work here",
+    500: "Something went wrong on our side",
+    503: "We're briefly unavailable",
+}
+
+
+def _security_headers(request: web.Request) -> dict[str, str]:
+    # 'self' covers ws: in current browsers but not in all; naming the host does.
+    sockets = f"ws://{request.host} wss://{request.host}"
+    return {
+        "Content-Security-Policy": (
+            "default-src 'self'; img-src 'self' data:; media-src 'self'; "
+            f"connect-src 'self' {sockets}; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+
+
+def render(request: web.Request, template: str, context: dict[str, Any],
+           status: int = 200) -> web.Response:
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
+    response.headers.update(_security_headers(request))
+    return response
+
+
+# --- formatting filters ----------------------------------------------------
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    total = int(seconds + 0.5)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_count(value: int | None) -> str:
+    return f"{value or 0:,}"
+
+
+def format_ago(moment: datetime, now: datetime | None = None) -> str:
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400),
+                       ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"
+
+
+# --- pages -----------------------------------------------------------------
+
+@routes.get("/", name="page_home")
+async def home(request: web.Request) -> web.Response:
+    raw_cursor = request.query.get("cursor")
+    before = None
+    if raw_cursor:
+        before = parse_video_id(raw_cursor)
+        if before is None:
+            raise web.HTTPBadRequest(text="That page link is broken.")
+    async with db.cursor(request.app) as cur:
+        # One extra row tells whether an older page exists.
+        rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
+                                  {"before": before, "limit": PAGE_SIZE + 1})
+    videos = rows[:PAGE_SIZE]
+    watching = await watching_now(request.app, [row["id"] for row in videos])
+    return render(request, "home.html", {
+        "videos": videos,
+        "watching": watching,
+        "next_cursor": videos[-1]["id"] if len(rows) > PAGE_SIZE else None,
+        "paged": before is not None,
+    })
+
+
+@routes.get("/watch/{id}", name="page_watch")
+async def watch(request: web.Request) -> web.Response:
+    video_id = parse_video_id(request.match_info["id"])
+    video = None
+    if video_id is not None:
+        async with db.cursor(request.app) as cur:
+            video = await db.fetch_one(cur, request.app[QUERIES_KEY]["video_by_id"],
+                                       {"id": video_id})
+    if video is None:
+        raise web.HTTPNotFound(text="This video does not exist, or it was deleted.")
+    return render(request, "watch.html", {"video": video})
+
+
+@routes.get("/login", name="page_login")
+async def login_page(request: web.Request) -> web.Response:
+    return render(request, "auth_form.html", {"mode": "login"})
+
+
+@routes.get("/register", name="page_register")
+async def register_page(request: web.Request) -> web.Response:
+    return render(request, "auth_form.html", {"mode": "register"})
+
+
+@routes.get("/upload", name="page_upload")
+async def upload_page(request: web.Request) -> web.Response:
+    return render(request, "upload.html",
+                  {"max_upload_bytes": request.app[CONFIG_KEY].max_upload_bytes})
+
+
+PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register",
+                         "page_upload"})
+
+
+async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, int]:
+    """Live viewer counts for the listed videos."""
+    return {}
+
+
+# --- errors ----------------------------------------------------------------
+
+def wants_html(request: web.Request) -> bool:
+    """Page routes always get HTML errors; the API never; anything else if it asks."""
+    path = request.path
+    if path == "/videos" or path.startswith(API_PREFIXES):
+        return False
+    if request.match_info.route.name in PAGE_ROUTES:
+        return True
+    return "text/html" in request.headers.get("Accept", "")
+
+
+async def html_error(request: web.Request, status: int,
+                     message: str) -> web.StreamResponse | None:
+    if not wants_html(request):
+        return None
+    title = ERROR_TITLES.get(status, "That didn't work")
+    # A 500 says nothing of its cause; a bare reason phrase would only repeat the title.
+    detail = None if status >= 500 or message == _phrase(status) else message
+    try:
+        return render(request, "error.html",
+                      {"status": status, "title": title, "detail": detail}, status=status)
+    except Exception:
+        log.exception("rendering the %d page failed", status)
+        return None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+# --- setup -----------------------------------------------------------------
+
+def static_version(directory: Path) -> str:
+    """A short hash over every static file's name and content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _jinja_env(app: web.Application) -> jinja2.Environment:
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        # Templates are compiled once below; no stat() per render on the event loop.
+        auto_reload=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(duration=format_duration, count=format_count, ago=format_ago)
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
+    return env
+
+
+async def _cache_static(request: web.Request, response: web.StreamResponse) -> None:
+    prefix = request.app[aiohttp_jinja2.static_root_key]
+    if request.path.startswith(prefix + "/") and response.status < 400:
+        response.headers["Cache-Control"] = STATIC_CACHE
+
+
+def setup(app: web.Application) -> None:
+    _jinja_env(app)
+    prefix = f"/static/{static_version(STATIC_DIR)}"
+    app[aiohttp_jinja2.static_root_key] = prefix
+    app[HTML_ERRORS_KEY] = html_error
+    app.on_response_prepare.append(_cache_static)
+    app.add_routes(routes)
+    app.router.add_static(prefix, STATIC_DIR, name="static")

@@ -1,0 +1,124 @@
+// The JSON API from the browser: tokens kept in sessionStorage for this tab,
+// the access token refreshed before it expires (and once more on a 401).
+
+const KEY = "tubelet.session";
+
+export class SignedOut extends Error {}
+
+export function session() {
+  try {
+    return JSON.parse(sessionStorage.getItem(KEY));
+  } catch {
+    return null;
+  }
+}
+
+export function signedIn() {
+  return session() !== null;
+}
+
+export function storePair(pair) {
+  const previous = session();
+  sessionStorage.setItem(KEY, JSON.stringify({
+    access: pair.access_token,
+    refresh: pair.refresh_token,
+    lifetime: pair.expires_in * 1000,
+    expiresAt: Date.now() + pair.expires_in * 1000,
+    user: previous ? previous.user : null,
+  }));
+}
+
+export function storeUser(user) {
+  const current = session();
+  if (current) {
+    current.user = { id: user.id, name: user.name, email: user.email };
+    sessionStorage.setItem(KEY, JSON.stringify(current));
+  }
+}
+
+export function forget() {
+  sessionStorage.removeItem(KEY);
+}
+
+// Refresh tokens rotate and a reused one revokes the whole session, so one
+// refresh at a time: everybody who needs a new token awaits the same promise.
+let refreshing = null;
+
+export function refresh() {
+  if (refreshing === null) {
+    refreshing = doRefresh().finally(() => { refreshing = null; });
+  }
+  return refreshing;
+}
+
+async function doRefresh() {
+  const current = session();
+  if (!current) throw new SignedOut("not signed in");
+  const response = await fetch("/auth/refresh", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh_token: current.refresh }),
+  });
+  if (response.status === 401) {
+    forget();
+    throw new SignedOut("session expired");
+  }
+  if (!response.ok) throw new Error(`refresh failed: HTTP ${response.status}`);
+  storePair(await response.json());
+}
+
+// An access token that will still be valid when the request lands.
+export async function accessToken() {
+  const current = session();
+  if (!current) throw new SignedOut("not signed in");
+  const margin = Math.min(30000, current.lifetime / 5);
+  if (Date.now() >= current.expiresAt - margin) await refresh();
+  return session().access;
+}
+
+export async function errorOf(response) {
+  try {
+    const body = await response.clone().json();
+    return body.error || {};
+  } catch {
+    return {};
+  }
+}
+
+// fetch() with JSON in and the Bearer token added; a 401 for an expired token
+// (a clock ahead of ours) gets one refresh and one retry.
+export async function api(path, { method = "GET", json, auth = false } = {}) {
+  const headers = new Headers({ Accept: "application/json" });
+  let body;
+  if (json !== undefined) {
+    headers.set("Content-Type", "application/json");
+    body = JSON.stringify(json);
+  }
+  const send = async () => {
+    if (auth) headers.set("Authorization", `Bearer ${await accessToken()}`);
+    return fetch(path, { method, headers, body });
+  };
+  let response = await send();
+  if (auth && response.status === 401 && (await errorOf(response)).code === "invalid_token") {
+    await refresh();
+    response = await send();
+  }
+  return response;
+}
+
+export async function logOut() {
+  if (signedIn()) {
+    try {
+      await api("/auth/logout", { method: "POST", auth: true });
+    } catch {
+      // Signed out here whatever the server said; its tokens expire anyway.
+    }
+  }
+  forget();
+}
+
+// A same-site path to go back to after signing in; anything else goes home.
+export function nextPath(search = location.search) {
+  const next = new URLSearchParams(search).get("next") || "/";
+  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+}
