@@ -12,13 +12,17 @@ const player = document.getElementById("player");
 const widget = document.getElementById("live");
 const viewers = document.getElementById("active-viewers");
 const views = document.getElementById("views");
-// One id per page view: the server de-duplicates views by it when reports come over HTTP.
+const viewsUnit = document.getElementById("views-unit");
+// One id per page view: it names this playback session when reports go over HTTP.
 const session = Array.from(crypto.getRandomValues(new Uint8Array(16)),
   (b) => b.toString(16).padStart(2, "0")).join("");
 
 function show(message) {
   if (Number.isInteger(message.active_viewers)) viewers.textContent = String(message.active_viewers);
-  if (Number.isInteger(message.views)) views.textContent = String(message.views);
+  if (Number.isInteger(message.views)) {
+    views.textContent = String(message.views);
+    viewsUnit.textContent = message.views === 1 ? "view" : "views";
+  }
 }
 
 const socket = new LiveSocket(`/videos/${videoId}/active-viewers`, {
