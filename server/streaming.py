@@ -2,20 +2,27 @@
 
 The handler is a straight line over the pure decisions in `ranges`; bodies go
 out with sendfile. File metadata is cached per process so a seeking player's
-many requests cost no database round trip.
+many requests cost no database round trip; bench/NOTES.md has the measurements
+behind the shape of the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
+import os
+import re
 import secrets
+import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from types import MappingProxyType
+from typing import Any
 
 from aiohttp import web
 
@@ -27,6 +34,7 @@ from .ranges import (
     Conditions,
     Precondition,
     RangeOutcome,
+    RangePlan,
     Validators,
     evaluate_preconditions,
     format_http_date,
@@ -46,20 +54,62 @@ class VideoFile:
     size: int
     content_type: str
     validators: Validators
+    # ETag, Last-Modified, Cache-Control, Accept-Ranges: formatted once, not per request.
+    headers: Mapping[str, str]
+
+
+def video_file(path: Path, size: int, content_type: str, validators: Validators,
+               max_age: int) -> VideoFile:
+    headers = MappingProxyType({
+        "ETag": validators.etag,
+        "Last-Modified": format_http_date(validators.last_modified),
+        "Cache-Control": f"public, max-age={max_age}",
+        "Accept-Ranges": "bytes",
+    })
+    return VideoFile(path, size, content_type, validators, headers)
+
+
+class OpenFile:
+    """A read-only descriptor of a stored file, shared by the requests that stream it.
+
+    The cache holds one reference and every request holds one while it sends, so
+    an eviction never closes the descriptor under a sendfile in flight. A file
+    unlinked meanwhile stays readable through it, which is what those requests want.
+    """
+
+    __slots__ = ("fd", "refs", "checked")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+        self.checked = time.monotonic()
+
+    def acquire(self) -> OpenFile:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
 
 
 class VideoFileCache:
-    """Per-process LRU of stream metadata; misses are remembered briefly.
+    """Per-process LRU of stream metadata and open files; misses are remembered briefly.
 
     Uploads and deletes publish the video id on Redis so every process evicts it.
     """
 
-    def __init__(self, capacity: int = 8192, negative_ttl: float = 2.0) -> None:
+    def __init__(self, capacity: int = 8192, negative_ttl: float = 2.0,
+                 open_files: int = 256, recheck: float = 1.0) -> None:
         self.capacity = capacity
         self.negative_ttl = negative_ttl
+        self.open_files = open_files
+        self.recheck = recheck
         self._hits: OrderedDict[int, VideoFile] = OrderedDict()
         self._misses: dict[int, float] = {}
         self._loading: dict[int, asyncio.Future[VideoFile | None]] = {}
+        self._files: OrderedDict[int, OpenFile] = OrderedDict()
 
     def get(self, video_id: int) -> VideoFile | None | bool:
         """The cached file, None for a remembered miss, False when unknown."""
@@ -88,6 +138,40 @@ class VideoFileCache:
     def evict(self, video_id: int) -> None:
         self._hits.pop(video_id, None)
         self._misses.pop(video_id, None)
+        self._close(video_id)
+
+    def open(self, video_id: int, video: VideoFile) -> OpenFile:
+        """The video's file, referenced for the caller, who must release() it.
+
+        An open() and close() per request are a measurable share of a small
+        range request, so descriptors are kept. Deletes evict them; should an
+        eviction be missed, a kept descriptor whose file was unlinked counts as
+        gone, as a fresh open() would, once its `recheck` seconds are up.
+        """
+        handle = self._files.get(video_id)
+        if handle is not None:
+            now = time.monotonic()
+            if now - handle.checked >= self.recheck:
+                if not os.fstat(handle.fd).st_nlink:
+                    self._close(video_id)
+                    raise FileNotFoundError(str(video.path))
+                handle.checked = now
+            self._files.move_to_end(video_id)
+            return handle.acquire()
+        handle = OpenFile(os.open(video.path, os.O_RDONLY))
+        self._files[video_id] = handle
+        while len(self._files) > self.open_files:
+            self._files.popitem(last=False)[1].release()
+        return handle.acquire()
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].release()
+
+    def _close(self, video_id: int) -> None:
+        handle = self._files.pop(video_id, None)
+        if handle is not None:
+            handle.release()
 
     def loading(self) -> dict[int, asyncio.Future[VideoFile | None]]:
         return self._loading
@@ -115,12 +199,14 @@ async def load_video_file(app: web.Application, video_id: int) -> VideoFile | No
     try:
         async with db.cursor(app) as cur:
             row = await db.fetch_one(cur, app[QUERIES_KEY]["video_file"], {"id": video_id})
-        value = None if row is None else VideoFile(
-            path=storage_path(app[CONFIG_KEY].storage_dir, row["storage_key"]),
+        config = app[CONFIG_KEY]
+        value = None if row is None else video_file(
+            path=storage_path(config.storage_dir, row["storage_key"]),
             size=row["size"],
             content_type=row["content_type"],
             validators=Validators(etag=etag_for(row["storage_key"]),
                                   last_modified=int(row["created"])),
+            max_age=config.stream_cache_seconds,
         )
         cache.put(video_id, value)
         future.set_result(value)
@@ -140,27 +226,30 @@ def parse_video_id(raw: str) -> int | None:
     return value if value > 0 else None
 
 
+CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+                       "If-Range")
+NO_CONDITIONS = Conditions()
+
+
 def conditions(request: web.Request) -> Conditions:
+    headers = request.headers
+    for name in CONDITIONAL_HEADERS:
+        if name in headers:
+            break
+    else:
+        return NO_CONDITIONS  # the usual request: five look-ups and nothing built
+
     def joined(name: str) -> str | None:
-        values = request.headers.getall(name, ())
+        values = headers.getall(name, ())
         return ", ".join(values) if values else None
 
     return Conditions(
         if_match=joined("If-Match"),
         if_none_match=joined("If-None-Match"),
-        if_modified_since=request.headers.get("If-Modified-Since"),
-        if_unmodified_since=request.headers.get("If-Unmodified-Since"),
-        if_range=request.headers.get("If-Range"),
+        if_modified_since=headers.get("If-Modified-Since"),
+        if_unmodified_since=headers.get("If-Unmodified-Since"),
+        if_range=headers.get("If-Range"),
     )
-
-
-def validator_headers(video: VideoFile, max_age: int) -> dict[str, str]:
-    return {
-        "ETag": video.validators.etag,
-        "Last-Modified": format_http_date(video.validators.last_modified),
-        "Cache-Control": f"public, max-age={max_age}",
-        "Accept-Ranges": "bytes",
-    }
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -168,7 +257,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     video = None if video_id is None else await load_video_file(request.app, video_id)
     if video is None:
         return error_response(404, "not_found", "No such video")
-    headers = validator_headers(video, request.app[CONFIG_KEY].stream_cache_seconds)
+    headers = video.headers
     cond = conditions(request)
 
     decision = evaluate_preconditions(request.method, cond, video.validators)
@@ -180,70 +269,88 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     range_header = request.headers.get("Range")
     if range_header is not None and range_applies(request.method, cond, video.validators):
-        plan = plan_ranges(range_header, video.size)
+        plan = simple_range(range_header, video.size) or plan_ranges(range_header, video.size)
     else:
         plan = plan_ranges(None, video.size)
     if plan.outcome is RangeOutcome.UNSATISFIABLE:
-        headers["Content-Range"] = f"bytes */{video.size}"
         return error_response(416, "range_not_satisfiable",
-                              "None of the requested ranges can be satisfied", headers)
+                              "None of the requested ranges can be satisfied",
+                              {**headers, "Content-Range": f"bytes */{video.size}"})
 
+    cache = request.app[FILE_CACHE_KEY]
     try:
-        # A local open() is one short syscall; files are never rewritten in place.
-        fobj = open(video.path, "rb", buffering=0)  # noqa: SIM115, ASYNC230
+        # Files are never rewritten in place: a kept descriptor reads the same bytes.
+        file = cache.open(video_id, video)  # type: ignore[arg-type]
     except FileNotFoundError:
-        request.app[FILE_CACHE_KEY].evict(video_id)  # type: ignore[arg-type]
+        cache.evict(video_id)  # type: ignore[arg-type]
         return error_response(404, "not_found", "No such video")
-    with fobj:
+    try:
         if plan.outcome is RangeOutcome.FULL:
-            response = web.StreamResponse(status=200, headers=headers)
-            response.content_type = video.content_type
-            response.content_length = video.size
-            await send(request, response, fobj, [ByteRange(0, video.size - 1)])
+            response = web.StreamResponse(status=200, headers={
+                **headers, "Content-Type": video.content_type,
+                "Content-Length": str(video.size)})
+            await send(request, response, file.fd, [ByteRange(0, video.size - 1)])
         elif len(plan.ranges) == 1:
             only = plan.ranges[0]
-            response = web.StreamResponse(status=206, headers=headers)
-            response.headers["Content-Range"] = only.content_range(video.size)
-            response.content_type = video.content_type
-            response.content_length = only.length
-            await send(request, response, fobj, [only])
+            response = web.StreamResponse(status=206, headers={
+                **headers, "Content-Range": only.content_range(video.size),
+                "Content-Type": video.content_type, "Content-Length": str(only.length)})
+            await send(request, response, file.fd, [only])
         else:
             layout = multipart_layout(plan.ranges, video.size, video.content_type,
                                       secrets.token_hex(12))
-            response = web.StreamResponse(status=206, headers=headers)
-            response.headers["Content-Type"] = layout.content_type
-            response.content_length = layout.content_length
+            response = web.StreamResponse(status=206, headers={
+                **headers, "Content-Type": layout.content_type,
+                "Content-Length": str(layout.content_length)})
             body: list[bytes | ByteRange] = []
             for part_header, part in layout.parts:
                 body += [part_header, part]
             body.append(layout.closing)
-            await send(request, response, fobj, body)
+            await send(request, response, file.fd, body)
+    finally:
+        file.release()
     return response
 
 
-async def send(request: web.Request, response: web.StreamResponse, fobj: IO[bytes],
+# The form players send, "bytes=first-" or "bytes=first-last"; plan_ranges has the rest.
+_SIMPLE_RANGE_RE = re.compile(r"bytes=([0-9]{1,15})-([0-9]{0,15})")
+
+
+def simple_range(header: str, size: int) -> RangePlan | None:
+    """plan_ranges' answer for one plain satisfiable range, sooner; None for anything else."""
+    m = _SIMPLE_RANGE_RE.fullmatch(header)
+    if m is None:
+        return None
+    start, last = int(m[1]), m[2]
+    end = min(int(last), size - 1) if last else size - 1
+    if start > end:
+        return None
+    return RangePlan(RangeOutcome.PARTIAL, (ByteRange(start, end),))
+
+
+async def send(request: web.Request, response: web.StreamResponse, fd: int,
                body: Sequence[bytes | ByteRange]) -> None:
     """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
 
-    A client that goes away mid-body (a seeking player does so constantly) is
-    normal traffic, not an error worth logging.
+    The socket is corked meanwhile, so the header block and a small body leave
+    in one segment instead of two. A client that goes away mid-body (a seeking
+    player does so constantly) is normal traffic, not an error worth logging.
     """
+    transport = request.transport
+    sock = plain_socket(transport)
     try:
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         await response.prepare(request)
         if request.method == "HEAD":
             return
-        loop = asyncio.get_running_loop()
         for piece in body:
             if isinstance(piece, bytes):
                 await response.write(piece)
-                continue
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("client went away")
-            await loop.sendfile(transport, fobj, piece.start, piece.length)
+            else:
+                await sendfile(transport, sock, fd, piece.start, piece.length)
         await response.write_eof()
     except (ConnectionError, RuntimeError) as exc:
-        transport = request.transport
         # asyncio raises RuntimeError for a sendfile on a transport that is closing.
         if isinstance(exc, RuntimeError) and transport is not None \
                 and not transport.is_closing():
@@ -251,6 +358,81 @@ async def send(request: web.Request, response: web.StreamResponse, fobj: IO[byte
         log.debug("client left during %s: %s", request.path, exc)
         if transport is not None:
             transport.close()
+    finally:
+        if sock is not None and sock.fileno() != -1:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+
+def plain_socket(transport: asyncio.Transport | None) -> Any:
+    """The transport's socket when bytes may be written to it directly (no TLS)."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport.get_extra_info("socket")
+
+
+async def sendfile(transport: asyncio.Transport | None, sock: Any, fd: int, offset: int,
+                   count: int) -> None:
+    """Send `count` bytes of the file `fd` from `offset` with sendfile(2).
+
+    The first sendfile(2) is made here, at once, when nothing is queued ahead of it
+    on the plain socket `sock`: a small range goes out in that one call. loop.sendfile
+    sends what the socket did not take; each call of it costs a future, an fstat
+    and a seek, four epoll changes and an extra loop iteration, which is more than
+    the send itself for a 1 KiB range.
+    """
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    if sock is not None and count and not transport.get_write_buffer_size():
+        sent = _sendfile_once(sock.fileno(), fd, offset, count)
+        offset += sent
+        count -= sent
+    if count:
+        await asyncio.get_running_loop().sendfile(transport, SharedFile(fd),  # type: ignore[arg-type]
+                                                  offset, count)
+
+
+def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """One non-blocking sendfile(2); 0 when the socket is full or the call is not possible."""
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    except ConnectionError:
+        raise
+    except OSError:
+        # EAGAIN, or a file sendfile cannot read: loop.sendfile waits or falls back.
+        return 0
+
+
+class SharedFile:
+    """The file object loop.sendfile wants, over a descriptor that requests share.
+
+    loop.sendfile seeks, and its read/write fallback reads at the file position;
+    this object keeps a position of its own and reads with pread, so requests
+    sending from one descriptor never move each other's position.
+    """
+
+    mode = "rb"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._position = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("only absolute positions")
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        read = os.preadv(self._fd, [buffer], self._position)
+        self._position += read
+        return read
 
 
 def _on_changed(cache: VideoFileCache, _channel: str, data: bytes) -> None:
@@ -264,7 +446,10 @@ async def file_cache_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FILE_CACHE_KEY] = cache
     bus = app[BUS_KEY]
     bus.on(bus.key(INVALIDATE_CHANNEL), lambda ch, data: _on_changed(cache, ch, data))
-    yield
+    try:
+        yield
+    finally:
+        cache.close()
 
 
 async def announce_change(app: web.Application, video_id: int) -> None:
