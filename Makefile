@@ -26,7 +26,9 @@ test: install
 lint: install
 	$(PY) -m ruff check $(wildcard server tests bench)
 
+# Installs wrk and nginx-light first when they are missing and this runs as root.
 bench: install
+	sh bench/peers.sh
 	$(DEV) $(PY) -m bench $(BENCH_ARGS)
 
 clean:

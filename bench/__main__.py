@@ -1,0 +1,405 @@
+"""`python -m bench [--quick] [...]`: every row of the speed table, in one run on this machine.
+
+Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler and nginx
+with wrk, one server process each; row d opens thousands of live-viewer WebSockets; row e
+watches memory while multi-GB files go in and out. The table is printed and saved as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import check, procs, tubelet, wrk
+from .fileresponse_peer import __name__ as PEER_MODULE
+from .machine import describe, machine_info
+from .nginx_peer import argv as nginx_argv
+from .nginx_peer import nginx_binary, write_config
+from .report import Row, ratio, save, table
+from .workspace import Workspace, make_media, sha256_of
+
+HERE = Path(__file__).resolve().parent
+MiB = 2**20
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class HttpRow:
+    key: str
+    what: str
+    unit: str
+    length: int  # bytes per range; 0 for whole-file GETs
+    connections: int
+    target_ratio: float
+
+
+@dataclass
+class Target:
+    name: str  # "tubelet", "fileresponse", "nginx"
+    url: str
+    pid: int
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a fast smoke run: short loads, small N, small large file")
+    parser.add_argument("--rows", default="a,b,c,s,d,e",
+                        help="which rows to run: a b c (HTTP), s (WORKERS scaling), "
+                             "d (presence), e (multi-GB memory); default all")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 6)")
+    parser.add_argument("--warmup", type=float, help="unrecorded seconds before each run")
+    parser.add_argument("--rounds", type=int,
+                        help="runs of every target per row, back to back (default 5)")
+    parser.add_argument("--connections", type=int, default=64, help="row a connections")
+    parser.add_argument("--range-connections", type=int, default=8, help="row b connections")
+    parser.add_argument("--whole-connections", type=int, default=4, help="row c connections")
+    parser.add_argument("--file-mib", type=int, default=64, help="size of the served file")
+    parser.add_argument("--workers", type=int, default=2, help="WORKERS for the scaling row")
+    parser.add_argument("--viewers", help="comma list of N for row d (default 1000,5000,10000)")
+    parser.add_argument("--viewer-procs", type=int, default=2,
+                        help="client processes that hold row d's WebSockets")
+    parser.add_argument("--trials", type=int,
+                        help="count changes timed per N in row d (default 5)")
+    parser.add_argument("--large-gib", type=float,
+                        help="size of row e's upload and download (default 2; 0 skips)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin servers to CPU 0 and wrk to CPU 1")
+    parser.add_argument("--results", type=Path, default=HERE / "results",
+                        help="directory for the timestamped JSON of this run")
+    parser.add_argument("--latest", type=Path,
+                        help="also write the JSON here (default bench/latest.json for a full "
+                             "run, nowhere for --quick)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (3.0 if quick else 6.0)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.rounds = args.rounds or (1 if quick else 5)
+    args.trials = args.trials or (3 if quick else 5)
+    args.viewers = [int(n) for n in (args.viewers or ("200,1000" if quick
+                                                      else "1000,5000,10000")).split(",")]
+    args.large_gib = args.large_gib if args.large_gib is not None else (0.25 if quick else 2.0)
+    if args.latest is None and not quick:
+        args.latest = HERE / "latest.json"
+    args.rows = set(args.rows.split(","))
+    return args
+
+
+def cpu_plan(no_pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
+    """Servers on CPU 0, wrk on CPU 1: each side gets a core of its own, for every target."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None, "not pinned"
+    return {cpus[0]}, {cpus[1]}, (f"every server pinned to CPU {cpus[0]}, "
+                                  f"wrk (1 thread) pinned to CPU {cpus[1]}")
+
+
+@contextlib.contextmanager
+def running(proc_name: str, proc: Any) -> Iterator[Any]:
+    try:
+        yield proc
+    finally:
+        procs.stop(proc)
+
+
+def start_fileresponse(ws: Workspace, file: Path, cpus: set[int] | None) -> Any:
+    port = procs.free_port()
+    log = ws.logs / "fileresponse.log"
+    env = dict(os.environ)
+    env.pop("AIOHTTP_NO_EXTENSIONS", None)
+    proc = procs.spawn([sys.executable, "-m", PEER_MODULE, str(file), str(port)], log,
+                       env=env, cpus=cpus)
+    url = f"http://127.0.0.1:{port}/file"
+    procs.wait_http(url, proc, log)
+    return proc, url
+
+
+def start_nginx(ws: Workspace, file: Path, cpus: set[int] | None) -> Any:
+    binary = nginx_binary()
+    assert binary is not None
+    port = procs.free_port()
+    prefix = ws.root / "nginx"
+    conf = write_config(prefix, file, port)
+    proc = procs.spawn(nginx_argv(binary, prefix, conf), ws.logs / "nginx.log", cpus=cpus)
+    url = f"http://127.0.0.1:{port}/file"
+    procs.wait_http(url, proc, prefix / "error.log")
+    return proc, url
+
+
+def http_rows(args: argparse.Namespace) -> list[HttpRow]:
+    rows = [
+        HttpRow("a", f"1 KiB ranges, {args.connections} conns", "req/s", 1024,
+                args.connections, 3.0),
+        HttpRow("b", f"16 MiB ranges, {args.range_connections} conns", "MiB/s", 16 * MiB,
+                args.range_connections, 0.9),
+        HttpRow("c", f"whole {args.file_mib} MiB file, {args.whole_connections} conns",
+                "MiB/s", 0, args.whole_connections, 0.9),
+    ]
+    return [row for row in rows if row.key in args.rows]
+
+
+def load(args: argparse.Namespace, target: Target, spec: HttpRow, size: int,
+         cpus: set[int] | None, threads: int = 1) -> wrk.WrkResult:
+    common = dict(size=size, length=spec.length, connections=spec.connections,
+                  server_pid=target.pid, cpus=cpus, threads=threads)
+    if args.warmup > 0:
+        wrk.run(target.url, duration=args.warmup, **common)  # type: ignore[arg-type]
+    result = wrk.run(target.url, duration=args.duration, **common)  # type: ignore[arg-type]
+    wrk.settle()
+    return result
+
+
+def value_of(spec: HttpRow, result: wrk.WrkResult | None) -> float | None:
+    if result is None:
+        return None
+    return result.rps if spec.unit == "req/s" else result.mib_per_s
+
+
+def run_http(args: argparse.Namespace, targets: list[Target], size: int,
+             load_cpus: set[int] | None, log: Any) -> list[Row]:
+    """Each row: every target in turn, `rounds` times over.
+
+    The machine's speed drifts by more than the differences measured, so each
+    round compares targets run back to back: the ratio is the median of the
+    per-round ratios, the absolute numbers the median of each target's runs.
+    """
+    rows = []
+    for spec in http_rows(args):
+        results: dict[str, list[wrk.WrkResult]] = {t.name: [] for t in targets}
+        for n in range(args.rounds):
+            for target in targets:
+                res = load(args, target, spec, size, load_cpus)
+                results[target.name].append(res)
+                log(f"  {spec.key}) {spec.what}, round {n + 1}/{args.rounds}, {target.name}: "
+                    f"{value_of(spec, res):,.0f} {spec.unit}, p99 {res.p99_ms:.1f} ms, "
+                    f"errors {res.failed}, server CPU {res.server_cpu_seconds:.1f}s")
+        median = {name: _median(spec, runs) for name, runs in results.items()}
+        ours = value_of(spec, median.get("tubelet"))
+        theirs = value_of(spec, median.get("fileresponse"))
+        per_round = [ratio(value_of(spec, a), value_of(spec, b)) for a, b in
+                     zip(results.get("tubelet", []), results.get("fileresponse", []),
+                         strict=True)]
+        r = statistics.median(x for x in per_round if x is not None) if per_round else None
+        failed = sum(res.failed for runs in results.values() for res in runs)
+        rows.append(Row(
+            key=spec.key, what=spec.what, unit=spec.unit, tubelet=ours, fileresponse=theirs,
+            nginx=value_of(spec, median.get("nginx")), ratio=r,
+            target=f">= {spec.target_ratio:g}x FileResponse",
+            passed=None if r is None else (r >= spec.target_ratio and failed == 0),
+            note="" if failed == 0 else f"{failed} failed requests",
+            detail={"runs": {name: [res.as_json() for res in runs]
+                             for name, runs in results.items()},
+                    "ratio_per_round": [round(x or 0, 3) for x in per_round]},
+        ))
+    return rows
+
+
+def _median(spec: HttpRow, runs: list[wrk.WrkResult]) -> wrk.WrkResult:
+    ordered = sorted(runs, key=lambda res: value_of(spec, res) or 0.0)
+    return ordered[len(ordered) // 2]
+
+
+def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: int,
+                size: int, log: Any) -> Row:
+    """Row a again, unpinned, with WORKERS=1 and WORKERS=N processes sharing the port."""
+    spec = http_rows(argparse.Namespace(**{**vars(args), "rows": {"a"}}))[0]
+    all_cpus = os.sched_getaffinity(0)
+    for member in procs.process_tree(one.pid):
+        os.sched_setaffinity(member, all_cpus)
+    log("  s) row a unpinned, WORKERS=1 ...")
+    single = load(args, one, spec, size, None, threads=2)
+    server = tubelet.start(ws, "main", workers=args.workers)
+    with running("tubelet-workers", server.proc):
+        url = f"{server.base}/videos/{video_id}/stream"
+        log(f"  s) row a unpinned, WORKERS={args.workers} ...")
+        many = load(args, Target("tubelet", url, server.pid), spec, size, None, threads=2)
+    r = ratio(many.rps, single.rps)
+    return Row(
+        key="s", what=f"row a, WORKERS={args.workers} vs 1, unpinned", unit="req/s",
+        tubelet=many.rps, ratio=None, target="scales with WORKERS", passed=None,
+        note=f"WORKERS=1: {single.rps:,.0f} req/s; x{r:.2f} with {args.workers}",
+        detail={"workers_1": single.as_json(), f"workers_{args.workers}": many.as_json(),
+                "speedup": round(r or 0, 2)},
+    )
+
+
+async def _stream_discard(url: str) -> int:
+    total = 0
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url} answered {resp.status}")
+        async for chunk in resp.content.iter_chunked(MiB):
+            total += len(chunk)
+    return total
+
+
+def run_large(args: argparse.Namespace, server: tubelet.Server, token: str, log: Any) -> Row:
+    """Row e: RSS while a multi-GB file is uploaded (generated, chunked) and downloaded."""
+    size = int(args.large_gib * GiB)
+
+    async def upload() -> int:
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await tubelet.upload_generated(session, server.base, token, size, "large")
+
+    log(f"  e) uploading {size / GiB:g} GiB ...")
+    with procs.RssSampler(server.pid) as up:
+        started = time.monotonic()
+        video_id = asyncio.run(upload())
+        up_seconds = time.monotonic() - started
+    log(f"  e) downloading {size / GiB:g} GiB ...")
+    with procs.RssSampler(server.pid) as down:
+        got = asyncio.run(_stream_discard(f"{server.base}/videos/{video_id}/stream"))
+    if got != size:
+        raise RuntimeError(f"row e: downloaded {got} bytes of {size}")
+    _delete(server.base, token, video_id)
+    growth = max(up.peak - up.before, down.peak - down.before)
+    limit = 64 * MiB
+    return Row(
+        key="e", what=f"RSS growth, {size / GiB:g} GiB upload + download", unit="MiB",
+        tubelet=growth / MiB, target=f"flat (<= {limit // MiB} MiB)", passed=growth <= limit,
+        note=f"upload {up_seconds:.1f}s",
+        detail={"upload_rss_before_mib": up.before / MiB, "upload_rss_peak_mib": up.peak / MiB,
+                "download_rss_before_mib": down.before / MiB,
+                "download_rss_peak_mib": down.peak / MiB, "bytes": size,
+                "upload_seconds": round(up_seconds, 2)},
+    )
+
+
+def _delete(base: str, token: str, video_id: int) -> None:
+    request = urllib.request.Request(f"{base}/videos/{video_id}", method="DELETE",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60):
+        pass
+
+
+def peers_missing() -> list[str]:
+    missing = []
+    if wrk.wrk_binary() is None:
+        missing.append("wrk")
+    if nginx_binary() is None:
+        missing.append("nginx")
+    return missing
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    fd_limit = procs.raise_fd_limit()
+    info = machine_info()
+    server_cpus, load_cpus, pinning = cpu_plan(args.no_pin)
+    notes: list[str] = [f"pinning: {pinning}"]
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    log(f"machine: {describe(info)}")
+    log(f"pinning: {pinning}; open-file limit {fd_limit}")
+    missing = peers_missing()
+    if missing:
+        hint = ("apt-get install wrk nginx-light (make bench does it when run as root)")
+        for name in missing:
+            note = f"{name} is not installed: its {'rows a-c' if name == 'wrk' else 'column'} " \
+                   f"cannot be measured; {hint}"
+            notes.append(note)
+            log(f"NOTE: {note}")
+    if not info["aiohttp_speedups"]["c_http_parser"]:
+        notes.append("aiohttp runs without its C extensions: every aiohttp number is slower")
+
+    database_url = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    rows: list[Row] = []
+    with Workspace(database_url, redis_url, keep=args.keep) as ws, contextlib.ExitStack() as stack:
+        log(f"workspace: {ws.root}")
+        size = args.file_mib * MiB
+        media = ws.root / "source.mp4"
+        sha = make_media(media, size)
+
+        server = tubelet.start(ws, "main", cpus=server_cpus)
+        stack.enter_context(running("tubelet", server.proc))
+
+        async def prepare() -> tuple[str, int]:
+            async with aiohttp.ClientSession() as session:
+                token = await tubelet.login(session, server.base)
+                return token, await tubelet.upload_file(session, server.base, token, media,
+                                                        "bench")
+
+        with procs.RssSampler(server.pid) as upload_rss:
+            token, video_id = asyncio.run(prepare())
+        stored = tubelet.stored_file(server.storage)
+        if sha256_of(stored) != sha:
+            raise RuntimeError("the stored upload differs from the source file")
+        log(f"uploaded {args.file_mib} MiB as video {video_id}: {stored.name} "
+            f"(server RSS {upload_rss.before / MiB:.0f} -> peak {upload_rss.peak / MiB:.0f} MiB)")
+
+        targets = [Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)]
+        http_wanted = bool({"a", "b", "c", "s"} & args.rows) and "wrk" not in missing
+        if http_wanted:
+            proc, url = start_fileresponse(ws, stored, server_cpus)
+            stack.enter_context(running("fileresponse", proc))
+            targets.append(Target("fileresponse", url, proc.pid))
+            if "nginx" not in missing:
+                proc, url = start_nginx(ws, stored, server_cpus)
+                stack.enter_context(running("nginx", proc))
+                targets.append(Target("nginx", url, proc.pid))
+            for target in targets:
+                check.verify(target.url, stored, sha)
+            log("all targets serve identical bytes; loading with wrk")
+            rows += run_http(args, targets, size, load_cpus, log)
+            if "c" in args.rows:
+                c = next(row for row in rows if row.key == "c")
+                detail = max(c.detail["runs"]["tubelet"],
+                             key=lambda run: run["server_rss_peak_mib"])
+                notes.append(f"tubelet RSS during row c: {detail['server_rss_before_mib']} MiB "
+                             f"before, {detail['server_rss_peak_mib']} MiB peak")
+            if "s" in args.rows:
+                rows.append(run_scaling(args, ws, targets[0], video_id, size, log))
+
+        if "e" in args.rows and args.large_gib > 0:
+            rows.append(run_large(args, server, token, log))
+
+        if "d" in args.rows:
+            from . import presence
+
+            rows += presence.run(args, ws, video_id, server_cpus, load_cpus, log)
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    settings = {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()}
+    settings["pinning"] = pinning
+    settings["elapsed_seconds"] = round(time.monotonic() - started)
+    print()
+    print(f"Measured {info['date']} on {describe(info)}; {pinning}.")
+    print(table(rows))
+    for row in rows:
+        if row.note:
+            print(f"- {row.key}: {row.note}")
+    for note in notes:
+        print(f"- {note}")
+    out = args.results / f"bench-{stamp}.json"
+    save(out, info, settings, rows, notes)
+    print(f"saved {out}")
+    if args.latest:
+        save(args.latest, info, settings, rows, notes)
+        print(f"saved {args.latest}")
+    failed = [row.key for row in rows if row.passed is False]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
