@@ -19,6 +19,8 @@ REDIS_KEY = web.AppKey("redis", redis.Redis)
 BUS_KEY = web.AppKey("bus", "Bus")
 FILE_CACHE_KEY = web.AppKey("file_cache", "VideoFileCache")
 DUMMY_HASH_KEY = web.AppKey("dummy_password_hash", bytes)
+PRESENCE_KEY = web.AppKey("presence", "PresenceHub")
+VIEWS_KEY = web.AppKey("views", "ViewCounter")
 # Renders an error page for browser routes; absent means JSON everywhere.
 HTML_ERRORS_KEY = web.AppKey(
     "html_errors", Callable[[web.Request, int, str], Awaitable[web.StreamResponse | None]]

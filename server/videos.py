@@ -24,6 +24,7 @@ from .keys import CONFIG_KEY, QUERIES_KEY
 from .media import SNIFF_BYTES, probe_duration, sniff_container
 from .streaming import announce_change, parse_video_id, storage_path
 from .validation import invalid, positive_int
+from .views import current_views
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -219,7 +220,9 @@ async def list_videos(request: web.Request) -> web.Response:
     async with db.cursor(request.app) as cur:
         rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
                                   {"before": before, "limit": limit})
-    items = [video_json(r) for r in rows]
+    totals = await current_views(request.app, [r["id"] for r in rows],
+                                 {r["id"]: r["views"] for r in rows})
+    items = [video_json({**r, "views": totals[r["id"]]}) for r in rows]
     next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
@@ -238,7 +241,8 @@ async def fetch_video(app: web.Application, raw_id: str) -> dict[str, Any]:
 @routes.get("/videos/{id}", name="video")
 async def get_video(request: web.Request) -> web.Response:
     row = await fetch_video(request.app, request.match_info["id"])
-    return web.json_response(video_json(row))
+    totals = await current_views(request.app, [row["id"]], {row["id"]: row["views"]})
+    return web.json_response(video_json({**row, "views": totals[row["id"]]}))
 
 
 @routes.delete("/videos/{id}", name="delete_video")

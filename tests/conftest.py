@@ -6,7 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientSession, TCPConnector
+from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from server.config import Config
@@ -74,6 +75,9 @@ def clean_db(database_url: str) -> Iterator[None]:
         cur.execute("SELECT to_regclass('users') IS NOT NULL")
         if cur.fetchone()[0]:
             cur.execute("TRUNCATE users, refresh_tokens, videos RESTART IDENTITY CASCADE")
+        cur.execute("SELECT to_regclass('view_batches') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("TRUNCATE view_batches")
     conn.close()
 
 
@@ -104,6 +108,23 @@ def config(make_config: Callable[..., Config]) -> Config:
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Config) -> TestClient:
     return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+async def instance(aiohttp_client: Any,
+                   make_config: Callable[..., Config]) -> Callable[..., Any]:
+    """Starts another app instance (same database and Redis prefix) on a real socket."""
+    async def start(**overrides: Any) -> TestClient:
+        return await aiohttp_client(TestServer(create_app(make_config(**overrides))))
+
+    return start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ClientSession]:
+    """A plain client session; its connection pool is unbounded for open WebSockets."""
+    async with ClientSession(connector=TCPConnector(limit=0)) as session:
+        yield session
 
 
 # --- media -----------------------------------------------------------------

@@ -1,0 +1,29 @@
+-- name: lock_view_flush
+-- Serialises flushes across processes, so their row updates never deadlock.
+SELECT pg_advisory_xact_lock(7632626568);
+
+-- name: claim_view_batch
+INSERT INTO view_batches (id, views) VALUES (%(id)s, %(views)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: add_views
+UPDATE videos AS v SET views = v.views + b.n
+FROM unnest(%(ids)s::bigint[], %(counts)s::bigint[]) AS b (id, n)
+WHERE v.id = b.id;
+
+-- name: views_snapshot
+-- Stored counts and, in the same snapshot, which in-flight batches are applied.
+SELECT v.id, v.views,
+       ARRAY(SELECT b.id::text FROM view_batches b
+             WHERE b.id = ANY(%(batches)s::uuid[])) AS applied
+FROM videos v
+WHERE v.id = ANY(%(ids)s::bigint[]);
+
+-- name: video_duration
+SELECT duration FROM videos WHERE id = %(id)s;
+
+-- name: prune_view_batches
+-- A batch is deleted from Redis right after it is applied, so a row this old
+-- can no longer guard against anything.
+DELETE FROM view_batches WHERE applied_at < now() - make_interval(days => %(days)s);

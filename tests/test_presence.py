@@ -1,0 +1,380 @@
+"""Live viewer counts over real WebSockets, shared through real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import Config
+from server.keys import PRESENCE_KEY
+from server.presence import TICK
+
+from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def new_video(client: TestClient) -> int:
+    token = await new_user_token(client)
+    resp = await upload(client, token, fake_mp4(4096))
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def next_state(ws: aiohttp.ClientWebSocketResponse,
+                     want: Callable[[dict[str, Any]], bool] = lambda _: True,
+                     within: float = 5.0) -> dict[str, Any]:
+    """The first state message satisfying `want`, skipping older ones."""
+    async with asyncio.timeout(within):
+        while True:
+            msg = await ws.receive()
+            assert msg.type is WSMsgType.TEXT, msg
+            state = json.loads(msg.data)
+            if want(state):
+                return state
+
+
+def viewers(n: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda state: state["active_viewers"] == n
+
+
+async def test_connect_gets_counts_and_changes(client):
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    first = await client.ws_connect(path)
+    assert await next_state(first) == {"video_id": video_id, "active_viewers": 1, "views": 0}
+
+    second = await client.ws_connect(path)
+    assert (await next_state(second))["active_viewers"] == 2
+    assert (await next_state(first, viewers(2)))["active_viewers"] == 2
+
+    await second.close()
+    assert await next_state(first, viewers(1)) == \
+        {"video_id": video_id, "active_viewers": 1, "views": 0}
+    await first.close()
+
+
+async def test_counts_are_per_video(client):
+    one, two = await new_video(client), await new_video(client)
+    a = await client.ws_connect(f"/videos/{one}/active-viewers")
+    b = await client.ws_connect(f"/videos/{two}/active-viewers")
+    c = await client.ws_connect(f"/videos/{two}/active-viewers")
+    assert (await next_state(c))["active_viewers"] == 2
+    assert (await next_state(b, viewers(2)))["video_id"] == two
+    assert await next_state(a) == {"video_id": one, "active_viewers": 1, "views": 0}
+    for ws in (a, b, c):
+        await ws.close()
+
+
+async def test_unknown_video_is_404_before_upgrade(client, api_error):
+    for path in ("/videos/999999/active-viewers", "/videos/abc/active-viewers"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect(path)
+        assert info.value.status == 404
+        await api_error(await client.get(path, headers=upgrade_headers()), 404, "not_found")
+
+
+async def test_plain_get_asks_for_an_upgrade(client, api_error):
+    video_id = await new_video(client)
+    resp = await client.get(f"/videos/{video_id}/active-viewers")
+    await api_error(resp, 426, "upgrade_required")
+    assert resp.headers["Upgrade"] == "websocket"
+
+
+def upgrade_headers(**extra: str) -> dict[str, str]:
+    return {"Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            **extra}
+
+
+async def test_origin_is_checked(aiohttp_client, make_config, api_error):
+    client = await aiohttp_client(create_app(make_config(
+        allowed_origins=("https://app.example",))))
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    own = f"http://{client.host}:{client.port}"
+
+    for origin in ("https://evil.example", "null", f"http://{client.host}:1"):
+        resp = await client.get(path, headers=upgrade_headers(Origin=origin))
+        await api_error(resp, 403, "origin_not_allowed")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect(path, origin=origin)
+        assert info.value.status == 403
+
+    for origin in (own, "https://app.example", None):
+        ws = await client.ws_connect(path, origin=origin)
+        assert (await next_state(ws))["video_id"] == video_id
+        await ws.close()
+
+
+async def test_a_forwarded_https_origin_is_believed_only_from_a_trusted_proxy(
+        aiohttp_client, make_config, api_error):
+    import ipaddress
+
+    client = await aiohttp_client(create_app(make_config(
+        trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))))
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    origin = f"https://{client.host}:{client.port}"
+    ws = await client.ws_connect(path, origin=origin,
+                                 headers={"X-Forwarded-Proto": "https"})
+    assert (await next_state(ws))["active_viewers"] == 1
+    await ws.close()
+    resp = await client.get(path, headers=upgrade_headers(Origin=origin))
+    await api_error(resp, 403, "origin_not_allowed")
+
+
+async def test_bad_messages_get_an_error_and_the_socket_stays(client):
+    video_id = await new_video(client)
+    ws = await client.ws_connect(f"/videos/{video_id}/active-viewers")
+    await next_state(ws)
+    for bad in ("not json", "[1]", json.dumps({"type": "dance"}),
+                json.dumps({"type": "progress", "position": "x", "playing": True})):
+        await ws.send_str(bad)
+        reply = json.loads((await ws.receive(timeout=5)).data)
+        assert set(reply) == {"error"} and reply["error"]["code"] == "bad_message"
+    await ws.send_str(json.dumps({"type": "auth", "token": "nope"}))
+    reply = json.loads((await ws.receive(timeout=5)).data)
+    assert reply["error"]["code"] == "invalid_token"
+    assert not ws.closed
+    await ws.close()
+
+
+async def closed_frame(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The message that ends the socket, skipping state messages still in flight."""
+    async with asyncio.timeout(5):
+        while True:
+            msg = await ws.receive()
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.PING):
+                return msg
+
+
+async def test_two_instances_on_one_redis_report_the_same_count(instance, http):
+    one, two = await instance(), await instance()
+    video_id = await new_video(one)
+    path = f"/videos/{video_id}/active-viewers"
+
+    a = await http.ws_connect(one.make_url(path))
+    assert (await next_state(a))["active_viewers"] == 1
+    b = await http.ws_connect(two.make_url(path))
+    assert (await next_state(b))["active_viewers"] == 2
+    assert (await next_state(a, viewers(2)))["active_viewers"] == 2
+
+    await b.close()
+    assert (await next_state(a, viewers(1)))["active_viewers"] == 1
+
+    c = await http.ws_connect(two.make_url(path))
+    assert (await next_state(c))["active_viewers"] == 2
+    assert (await next_state(a, viewers(2)))["active_viewers"] == 2
+    for ws in (a, c):
+        await ws.close()
+
+
+async def test_graceful_shutdown_says_goodbye(instance, http):
+    """Stopping an instance closes its sockets (1001) and its viewers leave at once."""
+    # A long TTL: only the goodbye, not expiry, can bring the count down in time.
+    one, two = await instance(presence_ttl=600), await instance(presence_ttl=600)
+    video_id = await new_video(one)
+    path = f"/videos/{video_id}/active-viewers"
+    a = await http.ws_connect(one.make_url(path))
+    b = await http.ws_connect(two.make_url(path))
+    c = await http.ws_connect(two.make_url(path))
+    assert (await next_state(a, viewers(3)))["active_viewers"] == 3
+
+    await two.close()
+    for gone in (b, c):
+        closed = await closed_frame(gone)
+        assert closed.type is WSMsgType.CLOSE and closed.data == 1001
+    assert (await next_state(a, viewers(1), within=5))["active_viewers"] == 1
+    await a.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def server_process(config: Config, **env: str) -> AsyncIterator[tuple[Any, str]]:
+    """`python -m server` in its own process, on the test database and Redis prefix."""
+    port = _free_port()
+    environ = {
+        **os.environ,
+        "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": config.database_url,
+        "REDIS_URL": REDIS_URL, "REDIS_PREFIX": config.redis_prefix,
+        "STORAGE_DIR": str(config.storage_dir), "JWT_SECRET": config.jwt_secret,
+        "BCRYPT_ROUNDS": "4", "ACCESS_LOG": "0", "LOG_LEVEL": "WARNING", **env,
+    }
+    log_path = config.storage_dir.parent / f"server-{port}.log"
+    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local file, opened once)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", cwd=ROOT, env=environ,
+            stdout=log_file, stderr=log_file,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(base + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                if proc.returncode is not None:
+                    raise AssertionError(log_path.read_text())
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the server process did not start")
+        yield proc, base
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_viewers_of_a_killed_instance_age_out(make_config, instance, http):
+    """SIGKILL gives no goodbye: the dead process's members expire after PRESENCE_TTL."""
+    ttl = 3.0
+    local = await instance(presence_ttl=ttl)
+    video_id = await new_video(local)
+    path = f"/videos/{video_id}/active-viewers"
+    async with server_process(make_config(), PRESENCE_TTL=str(ttl)) as (proc, base):
+        doomed = await http.ws_connect(base + path)
+        assert (await next_state(doomed))["active_viewers"] == 1
+        watcher = await http.ws_connect(local.make_url(path))
+        assert (await next_state(watcher))["active_viewers"] == 2
+        # Longer than the TTL: the live process's heartbeats keep its viewer.
+        await asyncio.sleep(ttl * 1.5)
+        late = await http.ws_connect(local.make_url(path))
+        assert (await next_state(late))["active_viewers"] == 3
+        await late.close()
+
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        # Gone within PRESENCE_TTL, plus the once-a-second re-read, plus slack.
+        state = await next_state(watcher, viewers(1), within=ttl + 1 + 3)
+        assert state == {"video_id": video_id, "active_viewers": 1, "views": 0}
+        await doomed.close()
+        await watcher.close()
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped(aiohttp_client, make_config):
+    heartbeat = 0.5
+    client = await aiohttp_client(create_app(make_config(heartbeat=heartbeat)))
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    watcher = await client.ws_connect(path)
+    assert (await next_state(watcher))["active_viewers"] == 1
+
+    # No automatic pong and nothing read: to the server this client is dead.
+    async with aiohttp.ClientSession() as http:
+        silent = await http.ws_connect(client.make_url(path), autoping=False,
+                                       heartbeat=None)
+        assert (await next_state(watcher, viewers(2)))["active_viewers"] == 2
+        # aiohttp pings after `heartbeat` idle seconds and gives up heartbeat/2 later.
+        await next_state(watcher, viewers(1), within=heartbeat * 1.5 + 3)
+        closed = await closed_frame(silent)
+        assert closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+    # The answering client (it reads, so it pongs) is pinged just the same and stays.
+    with contextlib.suppress(TimeoutError):
+        await next_state(watcher, lambda _: False, within=heartbeat * 4)
+    late = await client.ws_connect(path)
+    assert (await next_state(late))["active_viewers"] == 2
+    await late.close()
+    await watcher.close()
+
+
+async def test_a_burst_of_joins_is_coalesced(client, http):
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    hub = client.server.app[PRESENCE_KEY]
+    observer = await client.ws_connect(path)
+    assert (await next_state(observer))["active_viewers"] == 1
+
+    joiners = 150
+    loop = asyncio.get_running_loop()
+    sent_before = hub.messages_sent
+    started = loop.time()
+    sockets = await asyncio.gather(*(http.ws_connect(client.make_url(path))
+                                     for _ in range(joiners)))
+    seen = []
+    async with asyncio.timeout(10):
+        while not seen or seen[-1] != joiners + 1:
+            seen.append((await next_state(observer))["active_viewers"])
+    elapsed = loop.time() - started
+    sent = hub.messages_sent - sent_before
+
+    # Without coalescing every join would reach every socket: ~joiners^2 / 2 sends.
+    ticks = elapsed / TICK + 2
+    assert len(seen) <= ticks
+    assert sent <= joiners + (joiners + 1) * ticks
+    assert sent < joiners * joiners / 4
+    assert seen == sorted(seen)
+    # Every socket converges on the same final count.
+    for ws in sockets[:10] + sockets[-10:]:
+        assert (await next_state(ws, viewers(joiners + 1)))["active_viewers"] == joiners + 1
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    assert (await next_state(observer, viewers(1)))["active_viewers"] == 1
+    await observer.close()
+
+
+async def test_server_shutdown_closes_sockets_and_clears_redis(instance, http, redis_prefix):
+    import redis.asyncio as aioredis
+
+    api = await instance(presence_ttl=600)
+    video_id = await new_video(api)
+    ws = await http.ws_connect(api.make_url(f"/videos/{video_id}/active-viewers"))
+    await next_state(ws)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        key = f"{redis_prefix}:presence:{video_id}"
+        assert await client.zcard(key) == 1
+        await api.close()
+        closed = await closed_frame(ws)
+        assert closed.type is WSMsgType.CLOSE and closed.data == 1001
+        assert await client.zcard(key) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_count_recovers_after_redis_forgets(client):
+    """Heartbeats re-add members, so a flushed Redis heals within a beat."""
+    import redis.asyncio as aioredis
+
+    video_id = await new_video(client)
+    hub = client.server.app[PRESENCE_KEY]
+    ws = await client.ws_connect(f"/videos/{video_id}/active-viewers")
+    await next_state(ws)
+    redis_client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await redis_client.delete(hub.set_key(video_id))
+        assert (await next_state(ws, viewers(0)))["active_viewers"] == 0
+        await hub.refresh_members()
+        assert (await next_state(ws, viewers(1)))["active_viewers"] == 1
+    finally:
+        await redis_client.aclose()
+    await ws.close()
+
+
+def test_default_heartbeat_drops_a_dead_client_within_a_minute():
+    config = Config()
+    # aiohttp pings after `heartbeat` idle seconds and closes heartbeat/2 later,
+    # rounding timeouts over 5 s up to the next second.
+    assert config.heartbeat * 1.5 + 1 < 60
+    # A SIGKILLed instance's viewers expire after at most PRESENCE_TTL.
+    assert config.presence_ttl + 1 < 60
+
