@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import auth, health, presence, streaming, videos, views
+from . import auth, health, pages, presence, streaming, videos, views
 from .bus import bus_ctx, redis_ctx
 from .config import Config
 from .db import db_ctx
@@ -26,6 +26,7 @@ def create_app(config: Config) -> web.Application:
     videos.setup(app)
     views.setup(app)
     presence.setup(app)
+    pages.setup(app)
     # Last, so every module has registered its pub/sub handlers first.
     app.cleanup_ctx.append(bus_ctx)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from . import db
-from .keys import CONFIG_KEY, HTML_ERRORS_KEY, QUERIES_KEY
+from .keys import CONFIG_KEY, HTML_ERRORS_KEY, PRESENCE_KEY, QUERIES_KEY, REDIS_KEY
 from .streaming import parse_video_id
+from .views import current_views
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -32,6 +35,19 @@ PAGE_SIZE = 12
 API_PREFIXES = ("/auth/", "/videos/")
 # Static URLs carry a hash of the files, so they can be cached for good.
 STATIC_CACHE = "public, max-age=31536000, immutable"
+PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+
+# Members of a presence set are scored by when they expire, on Redis's clock.
+# Read-only: expired members are left for the presence module to remove.
+COUNT_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('ZCOUNT', key, '(' .. string.format('%.6f', now), '+inf')
+end
+return counts
+"""
 
 ERROR_TITLES = {
     400: "That request didn't make sense",
@@ -44,11 +60,13 @@ ERROR_TITLES = {
 
 def _security_headers(request: web.Request) -> dict[str, str]:
     # 'self' covers ws: in current browsers but not in all; naming the host does.
-    sockets = f"ws://{request.host} wss://{request.host}"
+    # The Host header is the client's to choose, so only a plain one is echoed.
+    host = request.host
+    sockets = f" ws://{host} wss://{host}" if PLAIN_HOST.fullmatch(host) else ""
     return {
         "Content-Security-Policy": (
             "default-src 'self'; img-src 'self' data:; media-src 'self'; "
-            f"connect-src 'self' {sockets}; object-src 'none'; base-uri 'none'; "
+            f"connect-src 'self'{sockets}; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'"
         ),
         "X-Content-Type-Options": "nosniff",
@@ -103,8 +121,11 @@ async def home(request: web.Request) -> web.Response:
         # One extra row tells whether an older page exists.
         rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
                                   {"before": before, "limit": PAGE_SIZE + 1})
-    videos = rows[:PAGE_SIZE]
-    watching = await watching_now(request.app, [row["id"] for row in videos])
+    page = rows[:PAGE_SIZE]
+    ids = [row["id"] for row in page]
+    totals = await current_views(request.app, ids, {row["id"]: row["views"] for row in page})
+    videos = [{**row, "views": totals[row["id"]]} for row in page]
+    watching = await watching_now(request.app, ids)
     return render(request, "home.html", {
         "videos": videos,
         "watching": watching,
@@ -123,7 +144,8 @@ async def watch(request: web.Request) -> web.Response:
                                        {"id": video_id})
     if video is None:
         raise web.HTTPNotFound(text="This video does not exist, or it was deleted.")
-    return render(request, "watch.html", {"video": video})
+    totals = await current_views(request.app, [video["id"]], {video["id"]: video["views"]})
+    return render(request, "watch.html", {"video": {**video, "views": totals[video["id"]]}})
 
 
 @routes.get("/login", name="page_login")
@@ -147,8 +169,18 @@ PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register
 
 
 async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, int]:
-    """Live viewer counts for the listed videos."""
-    return {}
+    """Live viewer counts for the listed videos, read without touching presence."""
+    if not video_ids:
+        return {}
+    hub = app[PRESENCE_KEY]
+    script = app[REDIS_KEY].register_script(COUNT_LIVE)
+    try:
+        counts = await script(keys=[hub.set_key(video_id) for video_id in video_ids])
+    except RedisError as exc:
+        # The list is still worth showing without its live counts.
+        log.warning("watching-now counts unavailable: %s", exc)
+        return {}
+    return {video_id: int(n) for video_id, n in zip(video_ids, counts, strict=True)}
 
 
 # --- errors ----------------------------------------------------------------
