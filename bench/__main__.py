@@ -84,6 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also write the JSON here (default bench/latest.json for a full "
                              "run, nowhere for --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a row misses its target")
     args = parser.parse_args(argv)
     quick = args.quick
     args.duration = args.duration or (3.0 if quick else 6.0)
@@ -215,25 +217,32 @@ def _median(spec: HttpRow, runs: list[wrk.WrkResult]) -> wrk.WrkResult:
 
 def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: int,
                 size: int, log: Any) -> Row:
-    """Row a again, unpinned, with WORKERS=1 and WORKERS=N processes sharing the port."""
+    """Row a again, unpinned, WORKERS=1 and WORKERS=N sharing the port, in alternate rounds."""
     spec = http_rows(argparse.Namespace(**{**vars(args), "rows": {"a"}}))[0]
     all_cpus = os.sched_getaffinity(0)
     for member in procs.process_tree(one.pid):
-        os.sched_setaffinity(member, all_cpus)
-    log("  s) row a unpinned, WORKERS=1 ...")
-    single = load(args, one, spec, size, None, threads=2)
+        procs.pin(member, all_cpus)
     server = tubelet.start(ws, "main", workers=args.workers)
+    singles: list[wrk.WrkResult] = []
+    manies: list[wrk.WrkResult] = []
     with running("tubelet-workers", server.proc):
-        url = f"{server.base}/videos/{video_id}/stream"
-        log(f"  s) row a unpinned, WORKERS={args.workers} ...")
-        many = load(args, Target("tubelet", url, server.pid), spec, size, None, threads=2)
-    r = ratio(many.rps, single.rps)
+        many_target = Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)
+        for n in range(args.rounds):
+            singles.append(load(args, one, spec, size, None, threads=2))
+            manies.append(load(args, many_target, spec, size, None, threads=2))
+            log(f"  s) round {n + 1}/{args.rounds}: WORKERS=1 {singles[-1].rps:,.0f} req/s, "
+                f"WORKERS={args.workers} {manies[-1].rps:,.0f} req/s")
+    single, many = _median(spec, singles), _median(spec, manies)
+    r = statistics.median(b.rps / a.rps for a, b in zip(singles, manies, strict=True))
     return Row(
         key="s", what=f"row a, WORKERS={args.workers} vs 1, unpinned", unit="req/s",
-        tubelet=many.rps, ratio=None, target="scales with WORKERS", passed=None,
-        note=f"WORKERS=1: {single.rps:,.0f} req/s; x{r:.2f} with {args.workers}",
-        detail={"workers_1": single.as_json(), f"workers_{args.workers}": many.as_json(),
-                "speedup": round(r or 0, 2)},
+        tubelet=many.rps, shown=f"{many.rps:,.0f} (x{r:.2f} of {single.rps:,.0f})",
+        ratio=None, target="scales with WORKERS", passed=None,
+        note=f"WORKERS=1: {single.rps:,.0f} req/s; x{r:.2f} with {args.workers} "
+             "(wrk shares the same cores)",
+        detail={"workers_1": [x.as_json() for x in singles],
+                f"workers_{args.workers}": [x.as_json() for x in manies],
+                "speedup": round(r, 2)},
     )
 
 
@@ -398,7 +407,9 @@ def main(argv: list[str]) -> int:
         save(args.latest, info, settings, rows, notes)
         print(f"saved {args.latest}")
     failed = [row.key for row in rows if row.passed is False]
-    return 1 if failed else 0
+    if failed:
+        print(f"below target: {', '.join(failed)}")
+    return 1 if failed and args.strict else 0
 
 
 if __name__ == "__main__":
