@@ -388,8 +388,8 @@ def main(argv: list[str]) -> int:
             rows += presence.run(args, ws, video_id, server_cpus, load_cpus, log)
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    settings = {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
-                for k, v in vars(args).items()}
+    settings = {k: (sorted(v) if isinstance(v, set) else _shown_path(v) if isinstance(v, Path)
+                    else v) for k, v in vars(args).items()}
     settings["pinning"] = pinning
     settings["elapsed_seconds"] = round(time.monotonic() - started)
     print()
@@ -410,6 +410,12 @@ def main(argv: list[str]) -> int:
     if failed:
         print(f"below target: {', '.join(failed)}")
     return 1 if failed and args.strict else 0
+
+
+def _shown_path(path: Path) -> str:
+    """Paths inside the repository relative to it, so saved results name no machine."""
+    path = path.resolve()
+    return str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)
 
 
 if __name__ == "__main__":
