@@ -9,14 +9,17 @@ PRESENCE_TTL. Counting removes expired members first.
 
 Joins and leaves publish the video id on `{prefix}:viewers-changed`, counted
 views on `{prefix}:views-changed`. A process that holds sockets for that video
-marks it dirty; a ticker re-reads each dirty video once per TICK and hands one
-JSON text to all its local sockets, so a burst of joins costs each socket at
-most two messages a second. Every second the ticker also re-reads the count of
-every local video, which is how expiries are noticed.
+marks it dirty. A dirty video is re-read at once unless its last broadcast
+was less than TICK ago (then when the TICK is up), and if the numbers changed
+one JSON text goes to all its local sockets: a lone change arrives without
+delay, and a burst of joins costs each socket at most two messages a second.
+Every second every local video is marked dirty too, which is how expiries are
+noticed.
 
-Each socket has a one-slot mailbox and its own sender task: a client that
-stops reading only ever delays itself, and sees the latest state when it
-catches up.
+A broadcast encodes the JSON and its WebSocket frame once and writes the same
+bytes to every local socket without awaiting: nothing a client does can hold
+up the others. A socket whose unsent output has backed up is skipped and gets
+the latest state once it has caught up.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .auth import optional_user
 from .errors import ApiError
 from .keys import BUS_KEY, CONFIG_KEY, PRESENCE_KEY, REDIS_KEY, VIEWS_KEY
 from .streaming import parse_video_id
+from .tasks import raise_if_cancelled
 from .tokens import TokenError, read_access_token
 from .videos import fetch_video
 from .views import VIEWS_CHANGED, check_origin, identify
@@ -46,16 +50,20 @@ from .watch import ReportError, parse_report
 log = logging.getLogger(__name__)
 
 VIEWERS_CHANGED = "viewers-changed"
+# At most one broadcast per video per TICK, and one re-read per READ_GAP.
 TICK = 0.5
-# In ticks: every local count once a second, every local view total every 30 s
-# (the latter only heals messages lost while pub/sub reconnected).
-COUNTS_EVERY = 2
-VIEWS_EVERY = 60
+READ_GAP = 0.1
+# Every local count is re-read each POLL seconds; every local view total every
+# VIEWS_POLLS polls (that only heals messages lost while pub/sub reconnected).
+POLL = 1.0
+VIEWS_POLLS = 30
 MAX_BEAT = 15.0
 MEMBERS_PER_CALL = 1000
 MAX_MESSAGE = 4096
 MIN_REPORT_SPACING = 0.2
 CLOSE_TIMEOUT = 5.0
+# Unsent bytes past which a socket is skipped until it catches up.
+BACKLOG_LIMIT = 64 * 1024
 # The Redis client's pool refuses a 101st concurrent command; a burst of joins
 # waits here for a slot instead.
 REDIS_CONCURRENCY = 32
@@ -103,29 +111,58 @@ def error_text(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
 
 
+def text_frame(text: str) -> bytes:
+    """One unfragmented, unmasked WebSocket text frame (RFC 6455, 5.2), as servers send."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
 class Viewer:
-    """One open socket: a one-slot mailbox drained by its own sender task."""
+    """One open socket, and the last state written to it."""
 
-    __slots__ = ("video_id", "conn_id", "ws", "latest", "sent", "wake", "task", "joining")
+    __slots__ = ("video_id", "conn_id", "ws", "transport", "sent", "joined", "joining")
 
-    def __init__(self, video_id: int, ws: web.WebSocketResponse) -> None:
+    def __init__(self, video_id: int, ws: web.WebSocketResponse,
+                 transport: asyncio.BaseTransport | None) -> None:
         self.video_id = video_id
         self.conn_id = secrets.token_hex(8)
         self.ws = ws
-        self.latest: str | None = None
+        self.transport = transport
         self.sent: str | None = None
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        # Set once the join is sent to Redis; `joining` only until it completes.
+        self.joined = False
         self.joining: asyncio.Future[int] | None = None
 
-    def push(self, text: str) -> None:
-        self.latest = text
-        self.wake.set()
+    def join_done(self, _: asyncio.Future[int]) -> None:
+        self.joining = None
+
+    def deliver(self, text: str, frame: bytes) -> bool:
+        """Write `frame` (the encoding of `text`) now; False if the client is behind.
+
+        The frame goes straight to the transport: it is complete, so it cannot
+        interleave with aiohttp's own frames, and it is never awaited.
+        """
+        transport = self.transport
+        if self.ws.closed or not isinstance(transport, asyncio.Transport) \
+                or transport.is_closing():
+            return True
+        if transport.get_write_buffer_size() > BACKLOG_LIMIT:
+            return False
+        transport.write(frame)
+        self.sent = text
+        return True
 
 
 class PresenceHub:
@@ -143,9 +180,14 @@ class PresenceHub:
         self._read_views = read_views
         self._dirty_counts: set[int] = set()
         self._dirty_views: set[int] = set()
+        self._due: dict[int, float] = {}
+        self._last_read: dict[int, float] = {}
+        self._last_broadcast: dict[int, float] = {}
+        self._wake = asyncio.Event()
         self._counts: dict[int, int] = {}
         self._views: dict[int, int] = {}
-        self._shown: dict[int, str] = {}
+        self._shown: dict[int, tuple[str, bytes]] = {}
+        self._behind: set[Viewer] = set()
         self._views_loading: dict[int, asyncio.Future[dict[int, int]]] = {}
         self._beating = False
         self._left_while_beating: list[Viewer] = []
@@ -171,27 +213,49 @@ class PresenceHub:
     def on_viewers_changed(self, _channel: str, data: bytes) -> None:
         video_id = parse_video_id(data.decode("ascii", "replace"))
         if video_id in self.local:
-            self._dirty_counts.add(video_id)
+            self.mark(video_id)
 
     def on_views_changed(self, _channel: str, data: bytes) -> None:
         video_id = parse_video_id(data.decode("ascii", "replace"))
         if video_id in self.local:
-            self._dirty_views.add(video_id)
+            self.mark(video_id, views=True)
+
+    def mark(self, video_id: int, *, views: bool = False, delay: float = 0.0) -> None:
+        """Schedule a re-read of the video's count (or view total) and a broadcast."""
+        (self._dirty_views if views else self._dirty_counts).add(video_id)
+        if video_id not in self._due:
+            earliest = max(self._last_read.get(video_id, -math.inf) + READ_GAP,
+                           self._last_broadcast.get(video_id, -math.inf) + TICK)
+            self._due[video_id] = max(asyncio.get_running_loop().time() + delay, earliest)
+            self._wake.set()
 
     # --- joining and leaving ----------------------------------------------
 
     async def join(self, viewer: Viewer, stored_views: int) -> None:
         """Count `viewer` everywhere and send it the current numbers."""
         video_id = viewer.video_id
-        self.local.setdefault(video_id, {})[viewer.conn_id] = viewer
-        viewer.task = asyncio.create_task(self._send_forever(viewer), name="viewer-send")
         # Shielded, like the removal: a handler cancelled because its client
         # vanished must not leave Redis half-updated.
-        viewer.joining = asyncio.ensure_future(self._add(viewer))
-        count = await asyncio.shield(viewer.joining)
+        viewer.joined = True
+        joining = viewer.joining = asyncio.ensure_future(self._add(viewer))
+        joining.add_done_callback(viewer.join_done)
+        count = await asyncio.shield(joining)
         views = await self._views_of(video_id, stored_views)
-        viewer.push(state_text(video_id, count, views))
-        self._dirty_counts.add(video_id)
+        # Broadcasts reach the socket only from here, so its own join is the
+        # first thing it hears.
+        group = self.local.setdefault(video_id, {})
+        if not group:
+            # Changes announced while no socket here watched this video were
+            # not listened for: read the total again.
+            self._views[video_id] = views
+            self.mark(video_id, views=True)
+        group[viewer.conn_id] = viewer
+        text = state_text(video_id, count, views)
+        self._send(viewer, text, text_frame(text))
+        # A broadcast made since the join was read may be newer: the next
+        # refresh re-reads and sends to every socket that lacks its result.
+        self._shown.pop(video_id, None)
+        self.mark(video_id)
 
     async def _add(self, viewer: Viewer) -> int:
         async with self._slots:
@@ -205,16 +269,15 @@ class PresenceHub:
     async def leave(self, viewer: Viewer) -> None:
         """Forget `viewer` here and in Redis; the Redis part completes even if
         the caller is cancelled."""
-        if viewer.task is not None:
-            viewer.task.cancel()
+        self._behind.discard(viewer)
         if self.closing:
             return  # stop() removes every member of this process at once
         video_id = viewer.video_id
         group = self.local.get(video_id)
-        if group is None or group.pop(viewer.conn_id, None) is None:
-            return
-        if not group:
+        if group is not None and group.pop(viewer.conn_id, None) is not None and not group:
             self._forget(video_id)
+        if not viewer.joined:
+            return
         removal = asyncio.ensure_future(self._remove_viewer(viewer))
         self._leaving.add(removal)
         removal.add_done_callback(self._leaving.discard)
@@ -236,8 +299,14 @@ class PresenceHub:
             log.warning("viewer left but could not be removed (it expires): %s", exc)
 
     def _forget(self, video_id: int) -> None:
-        for table in (self.local, self._counts, self._views, self._shown):
-            table.pop(video_id, None)
+        """Drop what this process kept about a video it no longer has sockets for."""
+        self.local.pop(video_id, None)
+        self._counts.pop(video_id, None)
+        self._views.pop(video_id, None)
+        self._shown.pop(video_id, None)
+        self._due.pop(video_id, None)
+        self._last_read.pop(video_id, None)
+        self._last_broadcast.pop(video_id, None)
 
     async def _views_of(self, video_id: int, fallback: int) -> int:
         """The cached view total, read once however many sockets join at once."""
@@ -258,7 +327,6 @@ class PresenceHub:
             views = (await asyncio.shield(loading)).get(video_id, fallback)
         except Exception as exc:
             log.warning("view total unavailable for video %s: %r", video_id, exc)
-            self._dirty_views.add(video_id)
             return fallback
         if video_id in self.local:
             self._views[video_id] = views
@@ -266,50 +334,58 @@ class PresenceHub:
 
     # --- sending ----------------------------------------------------------
 
-    async def _send_forever(self, viewer: Viewer) -> None:
-        while True:
-            await viewer.wake.wait()
-            viewer.wake.clear()
-            text = viewer.latest
-            if text is None or text == viewer.sent:
-                continue
-            if viewer.ws.closed:
-                return
-            try:
-                await viewer.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
-            viewer.sent = text
+    def _send(self, viewer: Viewer, text: str, frame: bytes) -> None:
+        if viewer.sent == text:
+            return
+        if not viewer.deliver(text, frame):
+            self._behind.add(viewer)
+        elif viewer.sent == text:
             self.messages_sent += 1
 
-    async def tick(self, *, all_counts: bool = False, all_views: bool = False) -> None:
-        """Re-read what changed (or everything) and broadcast what differs from last time.
+    def _broadcast(self, video_id: int, text: str) -> None:
+        frame = text_frame(text)
+        self._shown[video_id] = (text, frame)
+        self._last_broadcast[video_id] = asyncio.get_running_loop().time()
+        for viewer in self.local.get(video_id, {}).values():
+            self._send(viewer, text, frame)
 
-        Counts come from Redis and view totals also from PostgreSQL; either
-        failing leaves its videos dirty for the next tick without holding up
-        the other.
+    def _catch_up(self) -> None:
+        """Send the latest state to sockets that were skipped while backed up."""
+        behind, self._behind = self._behind, set()
+        for viewer in behind:
+            shown = self._shown.get(viewer.video_id)
+            if shown is not None and viewer.conn_id in self.local.get(viewer.video_id, {}):
+                self._send(viewer, *shown)
+
+    async def refresh(self, video_ids: Iterable[int]) -> None:
+        """Re-read what is dirty about `video_ids` and broadcast what changed.
+
+        Counts come from Redis and view totals also from PostgreSQL; whichever
+        fails is marked dirty again without holding up the other.
         """
-        local = set(self.local)
-        count_ids = local if all_counts else self._dirty_counts & local
-        view_ids = local if all_views else self._dirty_views & local
-        self._dirty_counts.clear()
-        self._dirty_views.clear()
+        ids = [v for v in video_ids if v in self.local]
+        count_ids = sorted(self._dirty_counts.intersection(ids))
+        view_ids = sorted(self._dirty_views.intersection(ids))
+        self._dirty_counts.difference_update(ids)
+        self._dirty_views.difference_update(ids)
         counts: dict[int, int] = {}
         views: dict[int, int] = {}
         failure: Exception | None = None
         try:
-            counts = await self._read_counts(sorted(count_ids))
+            counts = await self._read_counts(count_ids)
         except Exception as exc:
-            self._dirty_counts |= count_ids
             failure = exc
+            for video_id in count_ids:
+                self.mark(video_id, delay=TICK)
         try:
-            views = await self._read_views(sorted(view_ids)) if view_ids else {}
+            views = await self._read_views(view_ids) if view_ids else {}
         except Exception as exc:
-            self._dirty_views |= view_ids
             failure = exc
+            for video_id in view_ids:
+                self.mark(video_id, views=True, delay=TICK)
+        self._catch_up()
         for video_id in counts.keys() | views.keys():
-            group = self.local.get(video_id)
-            if not group:
+            if video_id not in self.local:
                 continue
             if video_id in counts:
                 self._counts[video_id] = counts[video_id]
@@ -317,10 +393,9 @@ class PresenceHub:
                 self._views[video_id] = views[video_id]
             text = state_text(video_id, self._counts.get(video_id, 0),
                               self._views.get(video_id, 0))
-            if self._shown.get(video_id) != text:
-                self._shown[video_id] = text
-                for viewer in group.values():
-                    viewer.push(text)
+            shown = self._shown.get(video_id)
+            if shown is None or shown[0] != text:
+                self._broadcast(video_id, text)
         if failure is not None:
             raise failure
 
@@ -370,19 +445,30 @@ class PresenceHub:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._tick_forever(), name="presence-tick"),
+            asyncio.create_task(self._refresh_forever(), name="presence-refresh"),
+            asyncio.create_task(self._poll_forever(), name="presence-poll"),
             asyncio.create_task(self._beat_forever(), name="presence-beat"),
         ]
 
-    async def _tick_forever(self) -> None:
-        ticks = 0
+    async def _refresh_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         failing = False
         while True:
-            await asyncio.sleep(TICK)
-            ticks += 1
+            raise_if_cancelled()
+            self._wake.clear()
+            now = loop.time()
+            ready = [video_id for video_id, due in self._due.items() if due <= now]
+            if not ready:
+                wait = min(self._due.values(), default=None)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if wait is None else wait - now):
+                        await self._wake.wait()
+                continue
+            for video_id in ready:
+                del self._due[video_id]
+                self._last_read[video_id] = now
             try:
-                await self.tick(all_counts=ticks % COUNTS_EVERY == 0,
-                                all_views=ticks % VIEWS_EVERY == 0)
+                await self.refresh(ready)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -394,8 +480,20 @@ class PresenceHub:
                 log.warning("presence refresh recovered")
                 failing = False
 
+    async def _poll_forever(self) -> None:
+        polls = 0
+        while True:
+            raise_if_cancelled()
+            await asyncio.sleep(POLL)
+            polls += 1
+            for video_id in list(self.local):
+                self.mark(video_id)
+                if polls % VIEWS_POLLS == 0:
+                    self.mark(video_id, views=True)
+
     async def _beat_forever(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.beat_interval)
             try:
                 await self.refresh_members()
@@ -430,9 +528,6 @@ class PresenceHub:
             await asyncio.wait(self._leaving)
         groups = {}
         for video_id, group in self.local.items():
-            for viewer in group.values():
-                if viewer.task is not None:
-                    viewer.task.cancel()
             groups[video_id] = [self.member(v) for v in group.values()]
         self.local.clear()
         if groups:
@@ -450,6 +545,9 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     config = app[CONFIG_KEY]
     check_origin(request)
     row = await fetch_video(app, request.match_info["id"])
+    # Only these live as long as the socket; the row (with its description) does not.
+    video_id, duration, stored_views = row["id"], row["duration"], row["views"]
+    del row
     ws = web.WebSocketResponse(heartbeat=config.heartbeat, compress=False,
                                max_msg_size=MAX_MESSAGE, timeout=CLOSE_TIMEOUT)
     if not ws.can_prepare(request).ok:
@@ -458,12 +556,12 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     hub = app[PRESENCE_KEY]
     if hub.closing:
         raise ApiError(503, "unavailable", "The server is shutting down")
-    app[VIEWS_KEY].remember_duration(row["id"], row["duration"])
+    app[VIEWS_KEY].remember_duration(video_id, duration)
     await ws.prepare(request)
-    viewer = Viewer(row["id"], ws)
+    viewer = Viewer(video_id, ws, request.transport)
     try:
-        await hub.join(viewer, row["views"])
-        await _receive(request, viewer, row["duration"])
+        await hub.join(viewer, stored_views)
+        await _receive(request, viewer, duration)
     except (RedisError, OSError) as exc:
         log.warning("viewer socket failed: %r", exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"Try again later")

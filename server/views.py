@@ -38,6 +38,7 @@ from .errors import ApiError
 from .keys import CONFIG_KEY, QUERIES_KEY, REDIS_KEY, VIEWS_KEY
 from .origins import origin_allowed, own_origin
 from .streaming import parse_video_id
+from .tasks import raise_if_cancelled
 from .validation import read_json_object
 from .viewer import (
     client_ip,
@@ -432,6 +433,7 @@ async def _flush_forever(app: web.Application, counter: ViewCounter,
     # The first pass runs at start-up: it applies what a crashed process left.
     next_prune = time.monotonic()
     while True:
+        raise_if_cancelled()
         try:
             await counter.flush(app)
             if time.monotonic() >= next_prune:
@@ -441,6 +443,7 @@ async def _flush_forever(app: web.Application, counter: ViewCounter,
             raise
         except Exception as exc:
             log.warning("view flush failed, will retry: %r", exc)
+        raise_if_cancelled()
         await asyncio.sleep(interval)
 
 

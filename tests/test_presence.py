@@ -15,13 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Config
 from server.keys import PRESENCE_KEY
-from server.presence import TICK
+from server.presence import TICK, Viewer, state_text, text_frame
 
 from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
 
@@ -378,3 +378,39 @@ def test_default_heartbeat_drops_a_dead_client_within_a_minute():
     # A SIGKILLed instance's viewers expire after at most PRESENCE_TTL.
     assert config.presence_ttl + 1 < 60
 
+
+
+@pytest.mark.parametrize("size, header", [
+    (0, b"\x81\x00"),
+    (125, b"\x81\x7d"),
+    (126, b"\x81\x7e\x00\x7e"),
+    (65535, b"\x81\x7e\xff\xff"),
+    (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+])
+def test_text_frame(size, header):
+    frame = text_frame("x" * size)
+    assert frame == header + b"x" * size
+
+
+async def test_a_backed_up_socket_is_skipped_not_waited_for():
+    """A client that stops reading is passed over; writing to it never blocks."""
+    # A listening socket that never accepts: the kernel completes the connection
+    # and then nothing reads from it.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(asyncio.Protocol,
+                                                    *listener.getsockname())
+        try:
+            viewer = Viewer(1, web.WebSocketResponse(), transport)
+            first = state_text(1, 1, 0)
+            assert viewer.deliver(first, text_frame(first))
+            assert viewer.sent == first
+            transport.write(b"\0" * (64 * 1024 * 1024))  # far more than the kernel takes
+            assert transport.get_write_buffer_size() > 0
+            second = state_text(1, 2, 0)
+            assert not viewer.deliver(second, text_frame(second))
+            assert viewer.sent == first
+        finally:
+            transport.abort()
