@@ -399,6 +399,11 @@ class PresenceHub:
         if failure is not None:
             raise failure
 
+    async def counts(self, video_ids: Iterable[int]) -> dict[int, int]:
+        """How many watch each video now, across every process (for pages and lists)."""
+        async with self._slots:
+            return await self._read_counts(sorted(set(video_ids)))
+
     async def _read_counts(self, video_ids: list[int]) -> dict[int, int]:
         if not video_ids:
             return {}

@@ -414,3 +414,18 @@ async def test_a_backed_up_socket_is_skipped_not_waited_for():
             assert viewer.sent == first
         finally:
             transport.abort()
+
+
+async def test_counts_for_a_list_of_videos(instance, http):
+    one, two = await instance(), await instance()
+    first, second, unwatched = (await new_video(one), await new_video(one),
+                                await new_video(one))
+    sockets = [await http.ws_connect(one.make_url(f"/videos/{first}/active-viewers")),
+               await http.ws_connect(two.make_url(f"/videos/{first}/active-viewers")),
+               await http.ws_connect(two.make_url(f"/videos/{second}/active-viewers"))]
+    for ws in sockets:
+        await next_state(ws)
+    hub = one.server.app[PRESENCE_KEY]
+    assert await hub.counts([first, second, unwatched]) == {first: 2, second: 1, unwatched: 0}
+    for ws in sockets:
+        await ws.close()
