@@ -103,7 +103,12 @@ def _text(value: bytes | str) -> str:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    client = redis.Redis.from_url(config.redis_url, health_check_interval=30)
+    # A blocking pool makes a burst of commands wait for a connection instead of
+    # failing with "Too many connections".
+    pool = redis.BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=64, timeout=10, health_check_interval=30
+    )
+    client = redis.Redis(connection_pool=pool)
     await client.ping()
     app[REDIS_KEY] = client
     app[BUS_KEY] = Bus(client, config.redis_prefix)
@@ -111,6 +116,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
+        await pool.aclose()
 
 
 async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
