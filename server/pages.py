@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import db
-from .keys import CONFIG_KEY, HTML_ERRORS_KEY, PRESENCE_KEY, QUERIES_KEY, REDIS_KEY
+from .keys import CONFIG_KEY, HTML_ERRORS_KEY, PRESENCE_KEY, QUERIES_KEY
 from .streaming import parse_video_id
 from .views import current_views
 
@@ -36,18 +36,6 @@ API_PREFIXES = ("/auth/", "/videos/")
 # Static URLs carry a hash of the files, so they can be cached for good.
 STATIC_CACHE = "public, max-age=31536000, immutable"
 PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
-
-# Members of a presence set are scored by when they expire, on Redis's clock.
-# Read-only: expired members are left for the presence module to remove.
-COUNT_LIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local counts = {}
-for i, key in ipairs(KEYS) do
-  counts[i] = redis.call('ZCOUNT', key, '(' .. string.format('%.6f', now), '+inf')
-end
-return counts
-"""
 
 ERROR_TITLES = {
     400: "That request didn't make sense",
@@ -169,18 +157,13 @@ PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register
 
 
 async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, int]:
-    """Live viewer counts for the listed videos, read without touching presence."""
-    if not video_ids:
-        return {}
-    hub = app[PRESENCE_KEY]
-    script = app[REDIS_KEY].register_script(COUNT_LIVE)
+    """Live viewer counts for the listed videos, from the presence hub."""
     try:
-        counts = await script(keys=[hub.set_key(video_id) for video_id in video_ids])
+        return await app[PRESENCE_KEY].counts(video_ids)
     except RedisError as exc:
         # The list is still worth showing without its live counts.
         log.warning("watching-now counts unavailable: %s", exc)
         return {}
-    return {video_id: int(n) for video_id, n in zip(video_ids, counts, strict=True)}
 
 
 # --- errors ----------------------------------------------------------------

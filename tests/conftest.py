@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -40,9 +41,10 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    name = f"tubelet_test_{secrets.token_hex(4)}"
+@contextmanager
+def temporary_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the server at DATABASE_URL, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = psycopg2.connect(DATABASE_URL)
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -53,6 +55,12 @@ def database_url() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with temporary_database("tubelet_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -141,20 +149,22 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
 
 
+def make_clip(media_dir: Path, name: str, *ffmpeg_args: str) -> Path:
+    """A real clip made once per session by ffmpeg from its test sources."""
+    ffmpeg = require_tool("ffmpeg")
+    out = media_dir / name
+    if not out.exists():
+        subprocess.run([ffmpeg, "-v", "error", "-y", *ffmpeg_args, str(out)], check=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def real_mp4(media_dir: Path) -> Path:
     """A 12-second H.264 MP4 whose moov atom sits at the end of the file."""
-    ffmpeg = require_tool("ffmpeg")
-    out = media_dir / "clip.mp4"
-    if not out.exists():
-        subprocess.run(
-            [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
-             "-f", "lavfi", "-i", "sine=frequency=440", "-t", "12", "-c:v", "libx264",
-             "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-             str(out)],
-            check=True,
-        )
-    return out
+    return make_clip(
+        media_dir, "clip.mp4", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+        "-f", "lavfi", "-i", "sine=frequency=440", "-t", "12", "-c:v", "libx264",
+        "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest")
 
 
 # --- API helpers -----------------------------------------------------------

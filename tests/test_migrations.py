@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 
@@ -13,22 +12,13 @@ import pytest
 
 from server.db import Queries, migrate, migration_files, split_named
 
-from .conftest import DATABASE_URL, _with_database
+from .conftest import temporary_database
 
 
 @pytest.fixture
 def fresh_database() -> Iterator[str]:
-    name = f"tubelet_mig_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(DATABASE_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(DATABASE_URL, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with temporary_database("tubelet_mig") as url:
+        yield url
 
 
 def applied_versions(url: str) -> list[int]:

@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import json
 import signal
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from psycopg2 import sql
 
 from server.keys import VIEWS_KEY
 
-from .conftest import DATABASE_URL, REDIS_URL, new_user_token, require_tool, upload
+from .conftest import DATABASE_URL, REDIS_URL, make_clip, new_user_token, require_tool, upload
 from .test_presence import new_video, next_state, server_process
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -143,16 +142,9 @@ async def test_paused_playback_earns_nothing(instance, http):
 @pytest.fixture(scope="session")
 def short_clip(media_dir: Path) -> Path:
     """A real 2-second MP4, so ffprobe stores a duration shorter than VIEW_MIN_WATCH."""
-    ffmpeg = require_tool("ffmpeg")
-    out = media_dir / "short.mp4"
-    if not out.exists():
-        subprocess.run(
-            [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10",
-             "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-             str(out)],
-            check=True,
-        )
-    return out
+    return make_clip(
+        media_dir, "short.mp4", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10",
+        "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
 
 async def test_a_short_video_needs_half_its_duration(instance, http, short_clip):
