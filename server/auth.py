@@ -57,16 +57,20 @@ def authenticated_user(request: web.Request) -> int:
                        UNAUTHORIZED) from None
 
 
-def optional_user(request: web.Request) -> int | None:
-    """The user id when a valid token comes with the request, else None."""
-    token = bearer_token(request.headers.get("Authorization"))
-    if token is None:
+def user_from_token(app: web.Application, token: str | None) -> int | None:
+    """The user id of a valid access token, else None."""
+    if not token:
         return None
-    config = request.app[CONFIG_KEY]
+    config = app[CONFIG_KEY]
     try:
         return read_access_token(token, config.jwt_secret, config.jwt_algorithm)
     except TokenError:
         return None
+
+
+def optional_user(request: web.Request) -> int | None:
+    """The user id when a valid token comes with the request, else None."""
+    return user_from_token(request.app, bearer_token(request.headers.get("Authorization")))
 
 
 async def _hash_password(rounds: int, password: bytes) -> bytes:

@@ -20,9 +20,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import db
+from .errors import ApiError
 from .keys import CONFIG_KEY, HTML_ERRORS_KEY, PRESENCE_KEY, QUERIES_KEY
 from .streaming import parse_video_id
-from .views import current_views
+from .videos import fetch_video, with_current_views
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -109,11 +110,8 @@ async def home(request: web.Request) -> web.Response:
         # One extra row tells whether an older page exists.
         rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
                                   {"before": before, "limit": PAGE_SIZE + 1})
-    page = rows[:PAGE_SIZE]
-    ids = [row["id"] for row in page]
-    totals = await current_views(request.app, ids, {row["id"]: row["views"] for row in page})
-    videos = [{**row, "views": totals[row["id"]]} for row in page]
-    watching = await watching_now(request.app, ids)
+    videos = await with_current_views(request.app, rows[:PAGE_SIZE])
+    watching = await watching_now(request.app, [video["id"] for video in videos])
     return render(request, "home.html", {
         "videos": videos,
         "watching": watching,
@@ -124,16 +122,13 @@ async def home(request: web.Request) -> web.Response:
 
 @routes.get("/watch/{id}", name="page_watch")
 async def watch(request: web.Request) -> web.Response:
-    video_id = parse_video_id(request.match_info["id"])
-    video = None
-    if video_id is not None:
-        async with db.cursor(request.app) as cur:
-            video = await db.fetch_one(cur, request.app[QUERIES_KEY]["video_by_id"],
-                                       {"id": video_id})
-    if video is None:
-        raise web.HTTPNotFound(text="This video does not exist, or it was deleted.")
-    totals = await current_views(request.app, [video["id"]], {video["id"]: video["views"]})
-    return render(request, "watch.html", {"video": {**video, "views": totals[video["id"]]}})
+    try:
+        video = await fetch_video(request.app, request.match_info["id"])
+    except ApiError:
+        # The page's 404 is HTML, not the API's JSON error.
+        raise web.HTTPNotFound(text="This video does not exist, or it was deleted.") from None
+    [video] = await with_current_views(request.app, [video])
+    return render(request, "watch.html", {"video": video})
 
 
 @routes.get("/login", name="page_login")

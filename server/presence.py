@@ -37,12 +37,11 @@ import redis.asyncio as redis
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 
-from .auth import optional_user
+from .auth import optional_user, user_from_token
 from .errors import ApiError
 from .keys import BUS_KEY, CONFIG_KEY, PRESENCE_KEY, REDIS_KEY, VIEWS_KEY
 from .streaming import parse_video_id
 from .tasks import raise_if_cancelled
-from .tokens import TokenError, read_access_token
 from .videos import fetch_video
 from .views import VIEWS_CHANGED, check_origin, identify
 from .watch import ReportError, parse_report
@@ -624,13 +623,7 @@ async def _receive(request: web.Request, viewer: Viewer, duration: float | None)
 
 
 def _token_user(request: web.Request, token: Any) -> int | None:
-    if not isinstance(token, str) or not token:
-        return None
-    config = request.app[CONFIG_KEY]
-    try:
-        return read_access_token(token.strip(), config.jwt_secret, config.jwt_algorithm)
-    except TokenError:
-        return None
+    return user_from_token(request.app, token.strip() if isinstance(token, str) else None)
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

@@ -220,9 +220,7 @@ async def list_videos(request: web.Request) -> web.Response:
     async with db.cursor(request.app) as cur:
         rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
                                   {"before": before, "limit": limit})
-    totals = await current_views(request.app, [r["id"] for r in rows],
-                                 {r["id"]: r["views"] for r in rows})
-    items = [video_json({**r, "views": totals[r["id"]]}) for r in rows]
+    items = [video_json(r) for r in await with_current_views(request.app, rows)]
     next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
@@ -238,11 +236,19 @@ async def fetch_video(app: web.Application, raw_id: str) -> dict[str, Any]:
     return row
 
 
+async def with_current_views(app: web.Application,
+                             rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with `views` including views counted but not yet flushed."""
+    totals = await current_views(app, [r["id"] for r in rows],
+                                 {r["id"]: r["views"] for r in rows})
+    return [{**r, "views": totals[r["id"]]} for r in rows]
+
+
 @routes.get("/videos/{id}", name="video")
 async def get_video(request: web.Request) -> web.Response:
     row = await fetch_video(request.app, request.match_info["id"])
-    totals = await current_views(request.app, [row["id"]], {row["id"]: row["views"]})
-    return web.json_response(video_json({**row, "views": totals[row["id"]]}))
+    [row] = await with_current_views(request.app, [row])
+    return web.json_response(video_json(row))
 
 
 @routes.delete("/videos/{id}", name="delete_video")
