@@ -9,22 +9,18 @@ behind the shape of the hot path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import logging
 import os
 import re
 import secrets
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from . import db
 from .errors import error_response
@@ -34,13 +30,23 @@ from .ranges import (
     Conditions,
     Precondition,
     RangeOutcome,
-    RangePlan,
     Validators,
     evaluate_preconditions,
     format_http_date,
     multipart_layout,
     plan_ranges,
     range_applies,
+)
+from .sendfile import (
+    HttpDate,
+    SentResponse,
+    client_left,
+    cork,
+    head_block,
+    header_fields,
+    plain_socket,
+    send_direct,
+    sendfile,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ class VideoFile:
     validators: Validators
     # ETag, Last-Modified, Cache-Control, Accept-Ranges: formatted once, not per request.
     headers: Mapping[str, str]
+    # The same with Content-Type and Server, as header lines for a direct response.
+    fields: bytes
 
 
 def video_file(path: Path, size: int, content_type: str, validators: Validators,
@@ -66,7 +74,8 @@ def video_file(path: Path, size: int, content_type: str, validators: Validators,
         "Cache-Control": f"public, max-age={max_age}",
         "Accept-Ranges": "bytes",
     })
-    return VideoFile(path, size, content_type, validators, headers)
+    fields = header_fields({**headers, "Content-Type": content_type})
+    return VideoFile(path, size, content_type, validators, headers, fields)
 
 
 class OpenFile:
@@ -110,6 +119,7 @@ class VideoFileCache:
         self._misses: dict[int, float] = {}
         self._loading: dict[int, asyncio.Future[VideoFile | None]] = {}
         self._files: OrderedDict[int, OpenFile] = OrderedDict()
+        self.date = HttpDate()
 
     def get(self, video_id: int) -> VideoFile | None | bool:
         """The cached file, None for a remembered miss, False when unknown."""
@@ -257,9 +267,38 @@ async def stream(request: web.Request) -> web.StreamResponse:
     video = None if video_id is None else await load_video_file(request.app, video_id)
     if video is None:
         return error_response(404, "not_found", "No such video")
-    headers = video.headers
     cond = conditions(request)
+    if cond is NO_CONDITIONS and request.method == "GET" and request.version == HttpVersion11:
+        span = plain_span(request.headers.get("Range"), video.size)
+        sock = None if span is None else plain_socket(request.transport)
+        if sock is not None:
+            return await stream_direct(request, video_id, video, sock, *span)  # type: ignore[arg-type,misc]
+    return await stream_general(request, video_id, video, cond)  # type: ignore[arg-type]
 
+
+async def stream_direct(request: web.Request, video_id: int, video: VideoFile, sock: object,
+                        first: int, last: int, partial: bool) -> web.StreamResponse:
+    """The usual request, one range or the whole file, written straight to the socket."""
+    cache = request.app[FILE_CACHE_KEY]
+    try:
+        file = cache.open(video_id, video)
+    except FileNotFoundError:
+        cache.evict(video_id)
+        return error_response(404, "not_found", "No such video")
+    keep_alive = request.keep_alive
+    head = head_block(first, last, video.size, partial, video.fields, cache.date.now(),
+                      keep_alive)
+    try:
+        sent = await send_direct(request, sock, head, file.fd, first, last - first + 1)
+    finally:
+        file.release()
+    return SentResponse(206 if partial else 200, last - first + 1, keep_alive and sent)
+
+
+async def stream_general(request: web.Request, video_id: int, video: VideoFile,
+                         cond: Conditions) -> web.StreamResponse:
+    """Every other request: conditionals, HEAD, range lists, HTTP/1.0, TLS."""
+    headers = video.headers
     decision = evaluate_preconditions(request.method, cond, video.validators)
     if decision is Precondition.NOT_MODIFIED:
         return web.Response(status=304, headers=headers)
@@ -269,7 +308,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     range_header = request.headers.get("Range")
     if range_header is not None and range_applies(request.method, cond, video.validators):
-        plan = simple_range(range_header, video.size) or plan_ranges(range_header, video.size)
+        plan = plan_ranges(range_header, video.size)
     else:
         plan = plan_ranges(None, video.size)
     if plan.outcome is RangeOutcome.UNSATISFIABLE:
@@ -280,9 +319,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     cache = request.app[FILE_CACHE_KEY]
     try:
         # Files are never rewritten in place: a kept descriptor reads the same bytes.
-        file = cache.open(video_id, video)  # type: ignore[arg-type]
+        file = cache.open(video_id, video)
     except FileNotFoundError:
-        cache.evict(video_id)  # type: ignore[arg-type]
+        cache.evict(video_id)
         return error_response(404, "not_found", "No such video")
     try:
         if plan.outcome is RangeOutcome.FULL:
@@ -316,16 +355,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
 _SIMPLE_RANGE_RE = re.compile(r"bytes=([0-9]{1,15})-([0-9]{0,15})")
 
 
-def simple_range(header: str, size: int) -> RangePlan | None:
-    """plan_ranges' answer for one plain satisfiable range, sooner; None for anything else."""
-    m = _SIMPLE_RANGE_RE.fullmatch(header)
+def plain_span(range_header: str | None, size: int) -> tuple[int, int, bool] | None:
+    """(first, last, partial) for a whole-file GET or one plain satisfiable range.
+
+    None for anything else (empty files, suffix ranges, lists, bad syntax), which
+    plan_ranges answers; where both answer, they agree (a test checks).
+    """
+    if range_header is None:
+        return (0, size - 1, False) if size else None
+    m = _SIMPLE_RANGE_RE.fullmatch(range_header)
     if m is None:
         return None
-    start, last = int(m[1]), m[2]
+    first, last = int(m[1]), m[2]
     end = min(int(last), size - 1) if last else size - 1
-    if start > end:
+    if first > end:
         return None
-    return RangePlan(RangeOutcome.PARTIAL, (ByteRange(start, end),))
+    return first, end, True
 
 
 async def send(request: web.Request, response: web.StreamResponse, fd: int,
@@ -333,14 +378,13 @@ async def send(request: web.Request, response: web.StreamResponse, fd: int,
     """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
 
     The socket is corked meanwhile, so the header block and a small body leave
-    in one segment instead of two. A client that goes away mid-body (a seeking
-    player does so constantly) is normal traffic, not an error worth logging.
+    in one segment instead of two. A client that goes away mid-body is normal
+    traffic, not an error worth logging.
     """
     transport = request.transport
     sock = plain_socket(transport)
     try:
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        cork(sock, True)
         await response.prepare(request)
         if request.method == "HEAD":
             return
@@ -348,91 +392,14 @@ async def send(request: web.Request, response: web.StreamResponse, fd: int,
             if isinstance(piece, bytes):
                 await response.write(piece)
             else:
-                await sendfile(transport, sock, fd, piece.start, piece.length)
+                await sendfile(transport, sock, fd, piece.start, piece.length)  # type: ignore[arg-type]
         await response.write_eof()
     except (ConnectionError, RuntimeError) as exc:
-        # asyncio raises RuntimeError for a sendfile on a transport that is closing.
-        if isinstance(exc, RuntimeError) and transport is not None \
-                and not transport.is_closing():
+        if not client_left(transport, exc):
             raise
         log.debug("client left during %s: %s", request.path, exc)
-        if transport is not None:
-            transport.close()
     finally:
-        if sock is not None and sock.fileno() != -1:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-
-def plain_socket(transport: asyncio.Transport | None) -> Any:
-    """The transport's socket when bytes may be written to it directly (no TLS)."""
-    if transport is None or transport.get_extra_info("sslcontext") is not None:
-        return None
-    return transport.get_extra_info("socket")
-
-
-async def sendfile(transport: asyncio.Transport | None, sock: Any, fd: int, offset: int,
-                   count: int) -> None:
-    """Send `count` bytes of the file `fd` from `offset` with sendfile(2).
-
-    The first sendfile(2) is made here, at once, when nothing is queued ahead of it
-    on the plain socket `sock`: a small range goes out in that one call. loop.sendfile
-    sends what the socket did not take; each call of it costs a future, an fstat
-    and a seek, four epoll changes and an extra loop iteration, which is more than
-    the send itself for a 1 KiB range.
-    """
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("client went away")
-    if sock is not None and count and not transport.get_write_buffer_size():
-        sent = _sendfile_once(sock.fileno(), fd, offset, count)
-        offset += sent
-        count -= sent
-    if count:
-        await asyncio.get_running_loop().sendfile(transport, SharedFile(fd),  # type: ignore[arg-type]
-                                                  offset, count)
-
-
-def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-    """One non-blocking sendfile(2); 0 when the socket is full or the call is not possible."""
-    try:
-        return os.sendfile(out_fd, in_fd, offset, count)
-    except ConnectionError:
-        raise
-    except OSError:
-        # EAGAIN, or a file sendfile cannot read: loop.sendfile waits or falls back.
-        return 0
-
-
-class SharedFile:
-    """The file object loop.sendfile wants, over a descriptor that requests share.
-
-    loop.sendfile seeks, and its read/write fallback reads at the file position;
-    this object keeps a position of its own and reads with pread, so requests
-    sending from one descriptor never move each other's position.
-    """
-
-    mode = "rb"
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._position = 0
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
-        if whence != os.SEEK_SET:
-            raise io.UnsupportedOperation("only absolute positions")
-        self._position = position
-        return position
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        read = os.preadv(self._fd, [buffer], self._position)
-        self._position += read
-        return read
+        cork(sock, False)
 
 
 def _on_changed(cache: VideoFileCache, _channel: str, data: bytes) -> None:

@@ -41,6 +41,11 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def database_name(url: str) -> str:
+    """The database a URL names; its host may be a socket directory (`?host=/path`)."""
+    return urlsplit(url).path.lstrip("/")
+
+
 @contextmanager
 def temporary_database(prefix: str) -> Iterator[str]:
     """A new, empty database on the server at DATABASE_URL, dropped afterwards."""

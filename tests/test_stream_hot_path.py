@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from server.keys import FILE_CACHE_KEY
-from server.ranges import Validators, plan_ranges
-from server.streaming import SharedFile, VideoFileCache, simple_range, video_file
+from server.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
+from server.sendfile import SharedFile
+from server.streaming import VideoFileCache, plain_span, video_file
 
 from .conftest import fake_mp4, new_user_token, upload
 
@@ -17,16 +20,31 @@ SIZE = 10_000
 
 
 @pytest.mark.parametrize("header", [
-    "bytes=0-0", "bytes=0-1023", "bytes=500-", "bytes=9999-", "bytes=9000-999999",
+    None, "bytes=0-0", "bytes=0-1023", "bytes=500-", "bytes=9999-", "bytes=9000-999999",
     "bytes=0009-0019", "bytes=10000-", "bytes=20000-30000", "bytes=5-2", "bytes=-500",
     "bytes=0-9,20-29", "BYTES=10-19", "bytes= 10-19", "bytes=10-19 ", "bytes=1-a",
     "bytes=", "bytes=-0", "items=0-10", "bytes=" + "9" * 20 + "-", "bytes=1-" + "9" * 20,
 ])
 @pytest.mark.parametrize("size", [SIZE, 1, 0])
-def test_simple_range_agrees_with_plan_ranges(header, size):
-    shortcut = simple_range(header, size)
-    if shortcut is not None:
-        assert shortcut == plan_ranges(header, size)
+def test_plain_span_agrees_with_plan_ranges(header, size):
+    span = plain_span(header, size)
+    if span is None:
+        return
+    first, last, partial = span
+    plan = plan_ranges(header, size)
+    assert plan.outcome is (RangeOutcome.PARTIAL if partial else RangeOutcome.FULL)
+    if partial:
+        assert plan.ranges == (ByteRange(first, last),)
+    else:
+        assert (first, last) == (0, size - 1)
+
+
+@pytest.mark.parametrize(("header", "span"), [
+    (None, (0, SIZE - 1, False)), ("bytes=0-1023", (0, 1023, True)),
+    ("bytes=500-", (500, SIZE - 1, True)), ("bytes=9000-999999", (9000, SIZE - 1, True)),
+])
+def test_plain_span_answers_what_players_send(header, span):
+    assert plain_span(header, SIZE) == span
 
 
 def _video(path: Path):
@@ -85,3 +103,106 @@ async def test_file_deleted_behind_the_cache_is_404(client, api_error, config):
         stored.unlink()  # as a delete in another process whose eviction never arrived
     resp = await client.get(video["stream_url"], headers={"Range": "bytes=0-9"})
     await api_error(resp, 404, "not_found")
+
+
+# --- the direct response path, over a real socket ----------------------------------
+
+async def _uploaded(client) -> tuple[bytes, str, str]:
+    data = fake_mp4(SIZE)
+    token = await new_user_token(client)
+    video = await (await upload(client, token, data)).json()
+    return data, video["stream_url"], (await client.get(video["stream_url"])).headers["ETag"]
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    status = await asyncio.wait_for(reader.readline(), 5)
+    headers: dict[str, str] = {}
+    while (line := await asyncio.wait_for(reader.readline(), 5)) != b"\r\n":
+        name, _, value = line.decode("latin-1").partition(":")
+        assert name not in headers, f"{name} sent twice"
+        headers[name] = value.strip()
+    length = int(headers.get("Content-Length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
+    return status.rstrip(), headers, body
+
+
+def _without_date(headers) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name != "Date"}
+
+
+@pytest.mark.parametrize("range_header", ["bytes=100-1123", "bytes=9990-", None])
+async def test_direct_response_matches_the_general_path(client, range_header):
+    """Conditional headers send a request down the general path; the answers agree."""
+    data, url, etag = await _uploaded(client)
+    plain = {"Range": range_header} if range_header else {}
+    direct = await client.get(url, headers=plain)
+    general = await client.get(url, headers={**plain, "If-Range": etag,
+                                             "If-None-Match": '"something-else"'})
+    assert direct.status == general.status == (206 if range_header else 200)
+    assert await direct.read() == await general.read()
+    assert _without_date(direct.headers) == _without_date(general.headers)
+    assert direct.headers["Date"]
+
+
+async def test_pipelined_requests_answered_in_order(client):
+    """Direct and general answers share one connection, each after the one before."""
+    data, url, etag = await _uploaded(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        request = "GET {} HTTP/1.1\r\nHost: x\r\n{}\r\n"
+        writer.write("".join([
+            request.format(url, "Range: bytes=0-9\r\n"),
+            request.format(url, f"Range: bytes=10-19\r\nIf-Range: {etag}\r\n"),
+            request.format(url, "Range: bytes=0-1,5000-5001\r\n"),
+            request.format(url, "Range: bytes=20-\r\n"),
+            request.format(url, ""),
+        ]).encode())
+        await writer.drain()
+        answers = [await _read_response(reader) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 206 Partial Content"] * 4 + [
+        b"HTTP/1.1 200 OK"]
+    assert answers[0][2] == data[0:10]
+    assert answers[1][2] == data[10:20]
+    assert answers[2][1]["Content-Type"].startswith("multipart/byteranges")
+    assert answers[3][2] == data[20:]
+    assert answers[4][2] == data
+
+
+async def test_connection_close_is_honoured(client):
+    data, url, _ = await _uploaded(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Range: bytes=5-14\r\n\r\n".encode())
+        status, headers, body = await _read_response(reader)
+        assert status == b"HTTP/1.1 206 Partial Content" and body == data[5:15]
+        assert headers["Connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the server hangs up
+    finally:
+        writer.close()
+
+
+async def test_http10_keep_alive_takes_the_general_path(client):
+    data, url, _ = await _uploaded(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        for _ in range(2):
+            writer.write(f"GET {url} HTTP/1.0\r\nConnection: keep-alive\r\n"
+                         f"Range: bytes=0-3\r\n\r\n".encode())
+            status, headers, body = await _read_response(reader)
+            assert status == b"HTTP/1.0 206 Partial Content" and body == data[:4]
+            assert headers["Connection"].lower() == "keep-alive"
+    finally:
+        writer.close()
+
+
+
+async def test_direct_response_is_in_the_access_log(client, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")  # before the connection opens
+    _, url, _ = await _uploaded(client)
+    resp = await client.get(url, headers={"Range": "bytes=10-19"})
+    assert resp.status == 206 and len(await resp.read()) == 10
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any(f'"GET {url} HTTP/1.1" 206 10 ' in line for line in lines), lines

@@ -20,7 +20,15 @@ from psycopg2 import sql
 
 from server.keys import VIEWS_KEY
 
-from .conftest import DATABASE_URL, REDIS_URL, make_clip, new_user_token, require_tool, upload
+from .conftest import (
+    DATABASE_URL,
+    REDIS_URL,
+    database_name,
+    make_clip,
+    new_user_token,
+    require_tool,
+    upload,
+)
 from .test_presence import new_video, next_state, server_process
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -435,7 +443,7 @@ async def test_a_killed_server_loses_no_views(instance, make_config, http, datab
 @contextlib.contextmanager
 def database_unreachable(database_url: str) -> Iterator[None]:
     """Refuse new connections to the test database and cut the open ones."""
-    name = database_url.rsplit("/", 1)[1]
+    name = database_name(database_url)
     admin = psycopg2.connect(DATABASE_URL)
     admin.autocommit = True
 

@@ -1,0 +1,213 @@
+"""Writing responses to the socket: file ranges by sendfile(2), and whole responses direct.
+
+The stream route's usual request, a GET of one range or of the whole file, is answered
+by writing a header block built here and the body by sendfile(2), with the socket
+corked between them so a small response leaves as one segment. bench/NOTES.md has the
+measurements that led here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE
+
+from .ranges import format_http_date
+
+log = logging.getLogger(__name__)
+
+
+def plain_socket(transport: asyncio.BaseTransport | None) -> Any:
+    """The transport's socket when bytes may be written to it directly (no TLS)."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport.get_extra_info("socket")
+
+
+def cork(sock: Any, on: bool) -> None:
+    """Hold (or release) partial segments, so header block and body share a segment."""
+    if sock is not None and sock.fileno() != -1:
+        try:  # noqa: SIM105 - twice per request; suppress() costs a context manager
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+        except OSError:
+            pass  # the connection is gone; the send that follows says so
+
+
+async def sendfile(transport: asyncio.WriteTransport | None, sock: Any, fd: int, offset: int,
+                   count: int) -> None:
+    """Send `count` bytes of the file `fd` from `offset` with sendfile(2).
+
+    The first sendfile(2) is made here, at once, when nothing is queued ahead of it
+    on the plain socket `sock`: a small range goes out in that one call. loop.sendfile
+    sends what the socket did not take; each call of it costs a future, an fstat
+    and a seek, four epoll changes and an extra loop iteration, which is more than
+    the send itself for a 1 KiB range.
+    """
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    if sock is not None and count and not transport.get_write_buffer_size():
+        sent = _sendfile_once(sock.fileno(), fd, offset, count)
+        offset += sent
+        count -= sent
+    if count:
+        await asyncio.get_running_loop().sendfile(transport, SharedFile(fd),  # type: ignore[arg-type]
+                                                  offset, count)
+
+
+def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """One non-blocking sendfile(2); 0 when the socket is full or the call is not possible."""
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    except ConnectionError:
+        raise
+    except OSError:
+        # EAGAIN, or a file sendfile cannot read: loop.sendfile waits or falls back.
+        return 0
+
+
+def client_left(transport: asyncio.BaseTransport | None, exc: Exception) -> bool:
+    """Whether `exc`, raised while sending, means the client went away (and close it)."""
+    # asyncio raises RuntimeError for a sendfile on a transport that is closing.
+    if isinstance(exc, RuntimeError) and transport is not None and not transport.is_closing():
+        return False
+    if transport is not None:
+        transport.close()
+    return True
+
+
+class SharedFile:
+    """The file object loop.sendfile wants, over a descriptor that requests share.
+
+    loop.sendfile seeks, and its read/write fallback reads at the file position;
+    this object keeps a position of its own and reads with pread, so requests
+    sending from one descriptor never move each other's position.
+    """
+
+    mode = "rb"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._position = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("only absolute positions")
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        read = os.preadv(self._fd, [buffer], self._position)
+        self._position += read
+        return read
+
+
+class HttpDate:
+    """The Date header's value, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._value = format_http_date(second).encode("ascii")
+            self._second = second
+        return self._value
+
+
+def header_fields(headers: Mapping[str, str]) -> bytes:
+    """Header lines that depend only on the file, and the Server line aiohttp sends."""
+    fields = {**headers, "Server": SERVER_SOFTWARE}
+    for name, value in fields.items():
+        if any(c in name + value for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} must be a single line")
+    return "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode("latin-1")
+
+
+def head_block(first: int, last: int, size: int, partial: bool, fields: bytes, date: bytes,
+               keep_alive: bool) -> bytes:
+    """An HTTP/1.1 header block for bytes `first`-`last` of a `size`-byte file."""
+    if partial:
+        status = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n" % (
+            first, last, size)
+    else:
+        status = b"HTTP/1.1 200 OK\r\n"
+    return b"%sContent-Length: %d\r\n%sDate: %s\r\n%s\r\n" % (
+        status, last - first + 1, fields, date, b"" if keep_alive else b"Connection: close\r\n")
+
+
+class SentResponse(web.StreamResponse):
+    """A response whose header block and body the handler already wrote to the socket.
+
+    aiohttp still calls prepare() and write_eof() on what a handler returns; here they
+    have nothing left to do. on_response_prepare signals do not run for it: a header
+    every response must carry belongs in `header_fields` too.
+    """
+
+    def __init__(self, status: int, length: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._sent_length = length
+        self._sent_keep_alive = keep_alive
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._sent_keep_alive
+
+    @property
+    def body_length(self) -> int:
+        return self._sent_length
+
+    @property
+    def prepared(self) -> bool:
+        return True
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+async def send_direct(request: web.BaseRequest, sock: Any, head: bytes, fd: int, offset: int,
+                      count: int) -> bool:
+    """Write `head`, then `count` bytes of `fd` from `offset`; False when the client left.
+
+    A client that goes away mid-body (a seeking player does so constantly) is normal
+    traffic, not an error worth logging.
+    """
+    transport = request.transport
+    corked = transport is not None and not transport.get_write_buffer_size()
+    try:
+        if corked:
+            cork(sock, True)
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        transport.write(head)  # type: ignore[attr-defined]
+        await sendfile(transport, sock, fd, offset, count)  # type: ignore[arg-type]
+        return True
+    except (ConnectionError, RuntimeError) as exc:
+        if not client_left(transport, exc):
+            raise
+        log.debug("client left during %s: %s", request.path, exc)
+        return False
+    finally:
+        if corked:
+            cork(sock, False)
