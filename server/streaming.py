@@ -2,8 +2,10 @@
 
 The handler is a straight line over the pure decisions in `ranges`; bodies go
 out with sendfile. File metadata is cached per process so a seeking player's
-many requests cost no database round trip; bench/NOTES.md has the measurements
-behind the shape of the hot path.
+many requests cost no database round trip, and the usual request (a GET of one
+range or the whole file, no conditional headers) is written straight to the
+socket (`sendfile.send_direct`); bench/NOTES.md has the measurements behind the
+shape of the hot path.
 """
 
 from __future__ import annotations
@@ -265,15 +267,16 @@ def conditions(request: web.Request) -> Conditions:
 async def stream(request: web.Request) -> web.StreamResponse:
     video_id = parse_video_id(request.match_info["id"])
     video = None if video_id is None else await load_video_file(request.app, video_id)
-    if video is None:
+    if video_id is None or video is None:
         return error_response(404, "not_found", "No such video")
     cond = conditions(request)
     if cond is NO_CONDITIONS and request.method == "GET" and request.version == HttpVersion11:
         span = plain_span(request.headers.get("Range"), video.size)
         sock = None if span is None else plain_socket(request.transport)
-        if sock is not None:
-            return await stream_direct(request, video_id, video, sock, *span)  # type: ignore[arg-type,misc]
-    return await stream_general(request, video_id, video, cond)  # type: ignore[arg-type]
+        if span is not None and sock is not None:
+            first, last, partial = span
+            return await stream_direct(request, video_id, video, sock, first, last, partial)
+    return await stream_general(request, video_id, video, cond)
 
 
 async def stream_direct(request: web.Request, video_id: int, video: VideoFile, sock: object,
