@@ -14,6 +14,7 @@ from aiohttp import web
 from .app import create_app
 from .config import Config, ConfigError
 from .db import migrate
+from .errors import quiet_client_errors
 
 log = logging.getLogger("server")
 
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    quiet_client_errors()
     if not os.environ.get("JWT_SECRET"):
         log.warning("JWT_SECRET is not set: using a random secret; tokens end with this process")
     command = argv[0] if argv else "serve"

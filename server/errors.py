@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .keys import HTML_ERRORS_KEY
 
@@ -90,3 +91,29 @@ async def _render(request: web.Request, status: int, code: str, message: str,
 def _passthrough_headers(exc: web.HTTPException) -> dict[str, str]:
     keep = ("Allow", "Retry-After", "WWW-Authenticate")
     return {name: exc.headers[name] for name in keep if name in exc.headers}
+
+
+class ClientErrorFilter(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a malformed request into a DEBUG line.
+
+    A request aiohttp cannot parse (bad framing, oversized headers, a bare LF) is the
+    client's error; at ERROR, any client could fill the log with tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg = f"{record.msg}: {exc!r}"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_errors(logger: logging.Logger | None = None) -> None:
+    """Install ClientErrorFilter on aiohttp's server logger, once."""
+    logger = logger or logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(ClientErrorFilter())

@@ -118,12 +118,12 @@ def plan_ranges(header: str | None, size: int, *, max_specs: int = MAX_RANGE_SPE
         first, last, suffix = m.groups()
         if suffix is not None:
             if _digits_key(suffix) == (1, "0"):
-                return _UNSATISFIABLE  # "-0" selects nothing; nginx rejects the header
+                continue  # "-0" is valid but selects nothing; alone, the set is unsatisfiable
             if size > 0:
                 ranges.append(ByteRange(size - _number(suffix, size), size - 1))
             continue
         if last and _digits_key(last) < _digits_key(first):
-            return _UNSATISFIABLE
+            continue  # invalid, and selects nothing (as nginx): others in the set still count
         start = _number(first, size)
         if start >= size:
             continue

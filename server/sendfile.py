@@ -59,8 +59,10 @@ async def sendfile(transport: asyncio.WriteTransport | None, sock: Any, fd: int,
         offset += sent
         count -= sent
     if count:
-        await asyncio.get_running_loop().sendfile(transport, SharedFile(fd),  # type: ignore[arg-type]
-                                                  offset, count)
+        sent = await asyncio.get_running_loop().sendfile(
+            transport, SharedFile(fd), offset, count)  # type: ignore[arg-type]
+        if sent < count:
+            raise ShortFile(f"the file ended {count - sent} bytes before the response did")
 
 
 def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
@@ -74,14 +76,29 @@ def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         return 0
 
 
-def client_left(transport: asyncio.BaseTransport | None, exc: Exception) -> bool:
-    """Whether `exc`, raised while sending, means the client went away (and close it)."""
+class ShortFile(Exception):
+    """A stored file ended before the bytes its response had promised."""
+
+
+def abandon(request: web.BaseRequest, exc: Exception) -> None:
+    """End a response that failed after its header block went out, with its connection.
+
+    A client that goes away mid-body (a seeking player does so constantly) is normal
+    traffic, logged only for debugging. Anything else is the server's fault and is
+    logged as such. Either way no error response may follow: it would land inside
+    the body the header block announced, so the connection is closed instead.
+    """
+    transport = request.transport
     # asyncio raises RuntimeError for a sendfile on a transport that is closing.
-    if isinstance(exc, RuntimeError) and transport is not None and not transport.is_closing():
-        return False
+    client_gone = isinstance(exc, ConnectionError) or (
+        isinstance(exc, RuntimeError) and (transport is None or transport.is_closing()))
+    if client_gone:
+        log.debug("client left during %s: %s", request.path, exc)
+    else:
+        log.error("%s %s failed mid-response; closing the connection", request.method,
+                  request.path, exc_info=exc)
     if transport is not None:
         transport.close()
-    return True
 
 
 class SharedFile:
@@ -188,25 +205,19 @@ class SentResponse(web.StreamResponse):
 
 async def send_direct(request: web.BaseRequest, sock: Any, head: bytes, fd: int, offset: int,
                       count: int) -> bool:
-    """Write `head`, then `count` bytes of `fd` from `offset`; False when the client left.
-
-    A client that goes away mid-body (a seeking player does so constantly) is normal
-    traffic, not an error worth logging.
-    """
+    """Write `head`, then `count` bytes of `fd` from `offset`; False when it was cut short."""
     transport = request.transport
-    corked = transport is not None and not transport.get_write_buffer_size()
+    if transport is None or transport.is_closing():
+        return False
+    corked = not transport.get_write_buffer_size()
+    if corked:
+        cork(sock, True)
     try:
-        if corked:
-            cork(sock, True)
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
         transport.write(head)  # type: ignore[attr-defined]
         await sendfile(transport, sock, fd, offset, count)  # type: ignore[arg-type]
         return True
-    except (ConnectionError, RuntimeError) as exc:
-        if not client_left(transport, exc):
-            raise
-        log.debug("client left during %s: %s", request.path, exc)
+    except Exception as exc:
+        abandon(request, exc)
         return False
     finally:
         if corked:

@@ -42,7 +42,7 @@ from .ranges import (
 from .sendfile import (
     HttpDate,
     SentResponse,
-    client_left,
+    abandon,
     cork,
     head_block,
     header_fields,
@@ -298,6 +298,11 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
     return SentResponse(206 if partial else 200, last - first + 1, keep_alive and sent)
 
 
+def uncacheable(headers: Mapping[str, str]) -> dict[str, str]:
+    """The file's headers for an error answer: no Cache-Control, so no cache keeps it."""
+    return {name: value for name, value in headers.items() if name != "Cache-Control"}
+
+
 async def stream_general(request: web.Request, video_id: int, video: VideoFile,
                          cond: Conditions) -> web.StreamResponse:
     """Every other request: conditionals, HEAD, range lists, HTTP/1.0, TLS."""
@@ -307,7 +312,7 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
         return web.Response(status=304, headers=headers)
     if decision is Precondition.PRECONDITION_FAILED:
         return error_response(412, "precondition_failed", "A precondition did not hold",
-                              headers)
+                              uncacheable(headers))
 
     range_header = request.headers.get("Range")
     if range_header is not None and range_applies(request.method, cond, video.validators):
@@ -317,7 +322,7 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
     if plan.outcome is RangeOutcome.UNSATISFIABLE:
         return error_response(416, "range_not_satisfiable",
                               "None of the requested ranges can be satisfied",
-                              {**headers, "Content-Range": f"bytes */{video.size}"})
+                              {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
 
     cache = request.app[FILE_CACHE_KEY]
     try:
@@ -381,13 +386,12 @@ async def send(request: web.Request, response: web.StreamResponse, fd: int,
     """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
 
     The socket is corked meanwhile, so the header block and a small body leave
-    in one segment instead of two. A client that goes away mid-body is normal
-    traffic, not an error worth logging.
+    in one segment instead of two.
     """
     transport = request.transport
     sock = plain_socket(transport)
+    cork(sock, True)
     try:
-        cork(sock, True)
         await response.prepare(request)
         if request.method == "HEAD":
             return
@@ -397,10 +401,10 @@ async def send(request: web.Request, response: web.StreamResponse, fd: int,
             else:
                 await sendfile(transport, sock, fd, piece.start, piece.length)  # type: ignore[arg-type]
         await response.write_eof()
-    except (ConnectionError, RuntimeError) as exc:
-        if not client_left(transport, exc):
-            raise
-        log.debug("client left during %s: %s", request.path, exc)
+    except Exception as exc:
+        if not response.prepared:
+            raise  # nothing was sent: the error middleware answers
+        abandon(request, exc)
     finally:
         cork(sock, False)
 

@@ -25,6 +25,8 @@ def read_access_token(token: str, secret: str, algorithm: str) -> int:
 
     Only `algorithm` is accepted, so `alg: none` and algorithm-confusion tokens fail.
     """
+    if not token.isascii():
+        raise TokenError("not a JWT")  # base64url and dots only; PyJWT would fail to encode it
     try:
         claims = jwt.decode(
             token, secret, algorithms=[algorithm],

@@ -21,7 +21,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, "payload_too_large", "Request body is too large") from None
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON, and integers past Python's digit limit.
         raise ApiError(400, "invalid_json", "Request body must be valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", "Request body must be a JSON object")
@@ -43,6 +44,13 @@ def string_field(body: dict[str, Any], name: str, *, required: bool = True,
         raise invalid(f"'{name}' must be a string")
     if len(value) > max_len:
         raise invalid(f"'{name}' must be at most {max_len} characters")
+    if "\x00" in value:
+        raise invalid(f"'{name}' must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
+            raise invalid(f"'{name}' must be valid Unicode text") from None
     return value
 
 

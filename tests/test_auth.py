@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -46,13 +47,18 @@ async def test_email_unique_case_insensitively(client, api_error):
     ({"email": 5, "password": "long enough"}, 422),
     ({"email": "a@b.co", "password": ["long enough"]}, 422),
     ({"email": None, "password": None}, 422),
+    ({"email": "\ud800@b.co", "password": "long enough"}, 422),  # a lone surrogate
+    ({"email": "a@b.co", "password": "long enough", "name": "\ud800"}, 422),
+    ({"email": "a@b.co", "password": "long enough", "name": "a\u0000b"}, 422),
+    ({"email": "a@b.co", "password": "long enough\u0000"}, 422),
 ])
 async def test_register_rejects_bad_input(client, api_error, body, status):
     resp = await client.post("/auth/register", json=body)
     await api_error(resp, status)
 
 
-@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b"[1,2]", b"", b"null", b'"x"'])
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b"[1,2]", b"", b"null", b'"x"',
+                                 b'{"email": "a@b.co", "n": ' + b"1" * 5000 + b"}"])
 async def test_malformed_json_is_4xx(client, api_error, raw):
     for path in ("/auth/register", "/auth/login", "/auth/refresh"):
         resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
@@ -185,3 +191,18 @@ async def test_bad_tokens_are_401(client, config, api_error):
         await api_error(resp, 401)
     resp = await client.get("/auth/me", headers={"Authorization": f"Bearer {good}"})
     assert resp.status == 200
+
+
+async def test_token_that_is_not_utf8_is_401(client):
+    """Header bytes that are not UTF-8 are not a token; they must not reach PyJWT."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /auth/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xff\r\n"
+                     b"Connection: close\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+    assert b'"invalid_token"' in reply or b'"unauthorized"' in reply
+    resp = await client.get("/auth/me", headers={"Authorization": "Bearer \u00e9t\u00e9"})
+    assert resp.status == 401

@@ -147,9 +147,10 @@ async def test_bad_messages_get_an_error_and_the_socket_stays(client):
         await ws.send_str(bad)
         reply = json.loads((await ws.receive(timeout=5)).data)
         assert set(reply) == {"error"} and reply["error"]["code"] == "bad_message"
-    await ws.send_str(json.dumps({"type": "auth", "token": "nope"}))
-    reply = json.loads((await ws.receive(timeout=5)).data)
-    assert reply["error"]["code"] == "invalid_token"
+    for token in ("nope", "\ud800", "\u00e9"):  # a lone surrogate must not reach PyJWT
+        await ws.send_str(json.dumps({"type": "auth", "token": token}))
+        reply = json.loads((await ws.receive(timeout=5)).data)
+        assert reply["error"]["code"] == "invalid_token"
     assert not ws.closed
     await ws.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,40 @@ async def test_direct_response_is_in_the_access_log(client, caplog):
     assert resp.status == 206 and len(await resp.read()) == 10
     lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any(f'"GET {url} HTTP/1.1" 206 10 ' in line for line in lines), lines
+
+
+@pytest.mark.parametrize("extra", [
+    "Range: bytes=50-99\r\n",  # the direct path
+    "Range: bytes=50-99\r\nIf-Range: {etag}\r\n",  # the general path
+    "Range: bytes=0-1,50-99\r\n",  # multipart
+    "",  # the whole file
+])
+async def test_file_shorter_than_promised_ends_the_connection(client, config, caplog, extra):
+    """Once a header block is out, a failure may not be followed by another response."""
+    data, url, etag = await _uploaded(client)
+    (stored,) = [p for p in config.storage_dir.iterdir() if p.is_file()]
+    os.truncate(stored, 60)  # damaged behind the database's back
+    caplog.set_level(logging.ERROR, logger="server")
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        request = f"GET {url} HTTP/1.1\r\nHost: x\r\n{extra.format(etag=etag)}\r\n".encode()
+        writer.write(request + f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reply = await asyncio.wait_for(reader.read(), 5)  # to EOF: the server hangs up
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.1 206", b"HTTP/1.1 200"))
+    promised = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")))
+    assert len(body) < promised
+    assert b"HTTP/1.1" not in body  # no second response inside the first one's body
+    assert any("failed mid-response" in r.getMessage() for r in caplog.records)
+
+
+async def test_last_modified_is_never_after_date(client):
+    for _ in range(3):
+        _, url, _ = await _uploaded(client)
+        resp = await client.get(url, headers={"Range": "bytes=0-0"})
+        await resp.read()
+        assert parsedate_to_datetime(resp.headers["Last-Modified"]) <= \
+            parsedate_to_datetime(resp.headers["Date"])

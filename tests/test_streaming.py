@@ -129,6 +129,17 @@ async def test_unsatisfiable_or_invalid_is_416(client, video, api_error, header)
     resp = await client.get(video["stream_url"], headers={"Range": header})
     await api_error(resp, 416, "range_not_satisfiable")
     assert resp.headers["Content-Range"] == f"bytes */{SIZE}"
+    assert "Cache-Control" not in resp.headers  # a shared cache must not keep it
+
+
+@pytest.mark.parametrize(("header", "part"), [
+    ("bytes=0-1,-0", (0, 1)), ("bytes=-0,100-199", (100, 199)), ("bytes=7-9,5-2", (7, 9)),
+])
+async def test_ranges_selecting_nothing_leave_the_rest(client, video, header, part):
+    resp = await client.get(video["stream_url"], headers={"Range": header})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes {part[0]}-{part[1]}/{SIZE}"
+    assert await resp.read() == DATA[part[0]:part[1] + 1]
 
 
 @pytest.mark.parametrize("header", ["items=0-10", "pages=1", "0-10", "bytes0-10"])
@@ -182,6 +193,7 @@ async def test_preconditions_fail_with_412(client, video, api_error):
     url = video["stream_url"]
     resp = await client.get(url, headers={"If-Match": '"something-else"'})
     await api_error(resp, 412, "precondition_failed")
+    assert "Cache-Control" not in resp.headers
     resp = await client.get(url, headers={"If-Match": f"W/{etag}"})  # weak never matches
     await api_error(resp, 412)
     resp = await client.get(url, headers={"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"})

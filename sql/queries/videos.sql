@@ -14,7 +14,7 @@ FROM videos v JOIN users u ON u.id = v.author_id
 WHERE v.id = %(id)s;
 
 -- name: video_file
-SELECT id, size, content_type, storage_key, extract(epoch FROM created_at)::bigint AS created
+SELECT id, size, content_type, storage_key, floor(extract(epoch FROM created_at))::bigint AS created
 FROM videos WHERE id = %(id)s;
 
 -- name: list_videos
