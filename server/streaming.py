@@ -11,7 +11,6 @@ shape of the hot path.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import secrets
@@ -50,8 +49,6 @@ from .sendfile import (
     send_direct,
     sendfile,
 )
-
-log = logging.getLogger(__name__)
 
 INVALIDATE_CHANNEL = "videos:changed"
 
