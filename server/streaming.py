@@ -229,10 +229,10 @@ async def load_video_file(app: web.Application, video_id: int) -> VideoFile | No
 
 
 def parse_video_id(raw: str) -> int | None:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    """A video id in its one spelling: ASCII digits, no sign, no leading zero."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or raw[0] == "0":
         return None
-    value = int(raw)
-    return value if value > 0 else None
+    return int(raw)
 
 
 CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",

@@ -13,7 +13,7 @@ import pytest
 from server.keys import FILE_CACHE_KEY
 from server.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
 from server.sendfile import SharedFile
-from server.streaming import VideoFileCache, plain_span, video_file
+from server.streaming import VideoFileCache, parse_video_id, plain_span, video_file
 
 from .conftest import fake_mp4, new_user_token, upload
 
@@ -244,3 +244,12 @@ async def test_last_modified_is_never_after_date(client):
         await resp.read()
         assert parsedate_to_datetime(resp.headers["Last-Modified"]) <= \
             parsedate_to_datetime(resp.headers["Date"])
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1", 1), ("42", 42), ("999999999999999999", 999999999999999999),
+    ("0", None), ("04", None), ("-1", None), ("+1", None), ("1.0", None), ("", None),
+    ("\u0661\u0662", None), ("1" * 19, None), (" 1", None),
+])
+def test_video_ids_have_one_spelling(raw, expected):
+    assert parse_video_id(raw) == expected
