@@ -173,6 +173,17 @@ class VideoFileCache:
             self._files.popitem(last=False)[1].release()
         return handle.acquire()
 
+    def open_present(self, video_id: int, video: VideoFile) -> OpenFile | None:
+        """open(), or None with the video forgotten when its file is gone.
+
+        Files are never rewritten in place: a kept descriptor reads the same bytes.
+        """
+        try:
+            return self.open(video_id, video)
+        except FileNotFoundError:
+            self.evict(video_id)
+            return None
+
     def close(self) -> None:
         while self._files:
             self._files.popitem()[1].release()
@@ -280,10 +291,8 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
                         first: int, last: int, partial: bool) -> web.StreamResponse:
     """The usual request, one range or the whole file, written straight to the socket."""
     cache = request.app[FILE_CACHE_KEY]
-    try:
-        file = cache.open(video_id, video)
-    except FileNotFoundError:
-        cache.evict(video_id)
+    file = cache.open_present(video_id, video)
+    if file is None:
         return error_response(404, "not_found", "No such video")
     keep_alive = request.keep_alive
     head = head_block(first, last, video.size, partial, video.fields, cache.date.now(),
@@ -321,12 +330,8 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
                               "None of the requested ranges can be satisfied",
                               {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
 
-    cache = request.app[FILE_CACHE_KEY]
-    try:
-        # Files are never rewritten in place: a kept descriptor reads the same bytes.
-        file = cache.open(video_id, video)
-    except FileNotFoundError:
-        cache.evict(video_id)
+    file = request.app[FILE_CACHE_KEY].open_present(video_id, video)
+    if file is None:
         return error_response(404, "not_found", "No such video")
     try:
         if plan.outcome is RangeOutcome.FULL:
