@@ -62,16 +62,12 @@ def normalise_email(value: str) -> str:
 
 
 def check_password(value: str) -> bytes:
+    """A new password from string_field (so already free of NULs and lone surrogates)."""
     if len(value) < 8:
         raise invalid("'password' must be at least 8 characters")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid("'password' must be valid Unicode text") from None
+    encoded = value.encode("utf-8")
     if len(encoded) > 72:
         raise invalid("'password' must be at most 72 bytes (bcrypt's limit)")
-    if b"\x00" in encoded:
-        raise invalid("'password' must not contain NUL characters")
     return encoded
 
 

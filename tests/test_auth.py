@@ -51,6 +51,7 @@ async def test_email_unique_case_insensitively(client, api_error):
     ({"email": "a@b.co", "password": "long enough", "name": "\ud800"}, 422),
     ({"email": "a@b.co", "password": "long enough", "name": "a\u0000b"}, 422),
     ({"email": "a@b.co", "password": "long enough\u0000"}, 422),
+    ({"email": "a@b.co", "password": "long enough\udc80"}, 422),
 ])
 async def test_register_rejects_bad_input(client, api_error, body, status):
     resp = await client.post("/auth/register", json=body)
