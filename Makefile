@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DEV := $(PY) -m server.devservices --
+DEV := $(PY) -m server.dev --
 
 .PHONY: install run test lint bench browser clean
 

@@ -11,10 +11,10 @@ import sys
 
 from aiohttp import web
 
-from .app import create_app
-from .config import Config, ConfigError
-from .db import migrate
-from .errors import quiet_client_errors
+from server.app import create_app
+from server.core.config import Config, ConfigError
+from server.core.db import migrate
+from server.core.errors import quiet_client_errors
 
 log = logging.getLogger("server")
 

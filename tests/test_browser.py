@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from server.app import create_app
-from server.config import Config
+from server.core.config import Config
 
 from .browser import (
     ARTIFACTS,

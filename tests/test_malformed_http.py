@@ -7,7 +7,7 @@ import logging
 
 from aiohttp.http_exceptions import BadHttpMessage
 
-from server.errors import ClientErrorFilter, quiet_client_errors
+from server.core.errors import ClientErrorFilter, quiet_client_errors
 
 from .test_presence import server_process
 

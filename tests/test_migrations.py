@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from server.db import Queries, migrate, migration_files, split_named
+from server.core.db import Queries, migrate, migration_files, split_named
 
 from .conftest import temporary_database
 

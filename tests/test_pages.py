@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from server.app import create_app
-from server.pages import PAGE_SIZE, format_ago, format_count, format_duration
+from server.web.pages import PAGE_SIZE, format_ago, format_count, format_duration
 
 from .conftest import fake_mp4, new_user_token, upload
 

@@ -19,9 +19,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.config import Config
-from server.keys import PRESENCE_KEY
-from server.presence import TICK, Viewer, state_text, text_frame
+from server.core.config import Config
+from server.viewing.presence import PRESENCE_KEY, TICK, Viewer, state_text, text_frame
 
 from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
 

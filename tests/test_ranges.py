@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from server.ranges import (
+from server.delivery.ranges import (
     COALESCE_GAP,
     MAX_RANGE_SPECS,
     ByteRange,

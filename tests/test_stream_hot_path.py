@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from server.keys import FILE_CACHE_KEY
-from server.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
-from server.sendfile import SharedFile
-from server.streaming import VideoFileCache, parse_video_id, plain_span, video_file
+from server.core.ids import parse_video_id
+from server.delivery.files import VideoFileCache, video_file
+from server.delivery.handler import FILES_KEY, plain_span
+from server.delivery.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
+from server.delivery.sendfile import SharedFile
 
 from .conftest import fake_mp4, new_user_token, upload
 
@@ -99,7 +100,7 @@ async def test_file_deleted_behind_the_cache_is_404(client, api_error, config):
     video = await resp.json()
     resp = await client.get(video["stream_url"], headers={"Range": "bytes=0-9"})
     assert resp.status == 206 and await resp.read() == data[:10]
-    client.app[FILE_CACHE_KEY].recheck = 0
+    client.app[FILES_KEY].cache.recheck = 0
     for stored in config.storage_dir.iterdir():
         stored.unlink()  # as a delete in another process whose eviction never arrived
     resp = await client.get(video["stream_url"], headers={"Range": "bytes=0-9"})

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientSession
 
 from server.app import create_app
-from server.keys import DB_KEY
+from server.core.keys import DB_KEY
 
 from .conftest import fake_mp4, new_user_token, upload
 
@@ -244,7 +244,7 @@ async def test_stream_needs_no_database_round_trip(client, video):
     """Once a video is known, range requests are served without PostgreSQL."""
     resp = await client.get(video["stream_url"], headers={"Range": "bytes=0-1"})
     assert resp.status == 206
-    pool = client.app[DB_KEY]
+    pool = client.app[DB_KEY].pool
     pool.close()
     await pool.wait_closed()
     for start in range(0, 1000, 100):

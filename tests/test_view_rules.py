@@ -6,8 +6,7 @@ import ipaddress
 
 import pytest
 
-from server.origins import normalise_origin, origin_allowed, own_origin
-from server.viewer import (
+from server.core.clients import (
     client_ip,
     from_trusted_proxy,
     hash_secret,
@@ -17,8 +16,9 @@ from server.viewer import (
     parse_address,
     viewer_key,
 )
-from server.views import batch_counts, combine, decode_state, encode_state
-from server.watch import (
+from server.core.origins import normalise_origin, origin_allowed, own_origin
+from server.viewing.counting import batch_counts, combine, decode_state, encode_state
+from server.viewing.watch_rules import (
     MAX_REPORT_GAP,
     Report,
     ReportError,

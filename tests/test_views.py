@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from psycopg2 import sql
 
-from server.keys import VIEWS_KEY
+from server.viewing.counting import VIEWS_KEY
 
 from .conftest import (
     DATABASE_URL,
@@ -382,11 +382,11 @@ async def test_restart_and_interrupted_flushes_keep_every_view_once(instance, ht
     await watch(http, root, video_id, 0.5, agent=browser(3))
     applied = await counter.seal()
     assert applied is not None
-    assert await counter.apply_to_database(app, applied) == 1
+    assert await counter.apply_to_database(applied) == 1
     assert stored_views(database_url, video_id) == 3
     assert await views_of(http, root, video_id) == 3
     # Applying it again, as the next flush will, adds nothing.
-    assert await counter.apply_to_database(app, applied) == 0
+    assert await counter.apply_to_database(applied) == 0
 
     # A flush that batched the pending views but stopped before PostgreSQL.
     await watch(http, root, video_id, 0.5, agent=browser(4))
@@ -512,7 +512,7 @@ async def test_old_batch_records_are_pruned(client, database_url):
             cur.execute("INSERT INTO view_batches (id, views, applied_at) VALUES"
                         " (gen_random_uuid(), 1, now() - interval '400 days'),"
                         " (gen_random_uuid(), 2, now())")
-        await client.server.app[VIEWS_KEY].prune(client.server.app)
+        await client.server.app[VIEWS_KEY].prune()
         with conn.cursor() as cur:
             cur.execute("SELECT views FROM view_batches")
             assert [row[0] for row in cur.fetchall()] == [2]
@@ -542,7 +542,7 @@ async def test_totals_read_during_flushes_are_never_doubled(instance, http):
                 batch_id = await counter.seal()
                 assert batch_id is not None
                 await asyncio.sleep(0.005)
-                await counter.apply_to_database(app, batch_id)
+                await counter.apply_to_database(batch_id)
                 await asyncio.sleep(0.005)
                 await counter.finish(batch_id)
         finished.set()

@@ -1,4 +1,4 @@
-"""Register, login, refresh, logout, me; and the helpers that authenticate requests."""
+"""Register, login, refresh, logout, me."""
 
 from __future__ import annotations
 
@@ -11,18 +11,10 @@ import bcrypt
 import psycopg2
 from aiohttp import web
 
-from . import db
-from .errors import ApiError
-from .keys import CONFIG_KEY, DUMMY_HASH_KEY, QUERIES_KEY
-from .tokens import (
-    TokenError,
-    bearer_token,
-    hash_refresh_token,
-    issue_access_token,
-    new_refresh_token,
-    read_access_token,
-)
-from .validation import (
+from server.core.db import fetch_one
+from server.core.errors import ApiError
+from server.core.keys import CONFIG_KEY, DB_KEY
+from server.core.validation import (
     check_password,
     invalid,
     normalise_email,
@@ -30,10 +22,15 @@ from .validation import (
     string_field,
 )
 
+from .auth import UNAUTHORIZED, authenticated_user
+from .tokens import (
+    hash_refresh_token,
+    issue_access_token,
+    new_refresh_token,
+)
+
 routes = web.RouteTableDef()
-
-UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="tubelet"'}
-
+DUMMY_HASH_KEY = web.AppKey("dummy_password_hash", bytes)
 
 def user_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -42,35 +39,6 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
         "name": row["name"],
         "created_at": row["created_at"].isoformat(),
     }
-
-
-def authenticated_user(request: web.Request) -> int:
-    """The user id of a valid Bearer access token, or a 401 ApiError."""
-    token = bearer_token(request.headers.get("Authorization"))
-    if token is None:
-        raise ApiError(401, "unauthorized", "A Bearer access token is required", UNAUTHORIZED)
-    config = request.app[CONFIG_KEY]
-    try:
-        return read_access_token(token, config.jwt_secret, config.jwt_algorithm)
-    except TokenError:
-        raise ApiError(401, "invalid_token", "The access token is invalid or expired",
-                       UNAUTHORIZED) from None
-
-
-def user_from_token(app: web.Application, token: str | None) -> int | None:
-    """The user id of a valid access token, else None."""
-    if not token:
-        return None
-    config = app[CONFIG_KEY]
-    try:
-        return read_access_token(token, config.jwt_secret, config.jwt_algorithm)
-    except TokenError:
-        return None
-
-
-def optional_user(request: web.Request) -> int | None:
-    """The user id when a valid token comes with the request, else None."""
-    return user_from_token(request.app, bearer_token(request.headers.get("Authorization")))
 
 
 async def _hash_password(rounds: int, password: bytes) -> bytes:
@@ -87,7 +55,7 @@ async def _issue_pair(request: web.Request, cur: Any, user_id: int,
                       family_id: uuid.UUID) -> dict[str, Any]:
     config = request.app[CONFIG_KEY]
     refresh = new_refresh_token()
-    await cur.execute(request.app[QUERIES_KEY]["insert_refresh_token"], {
+    await cur.execute(request.app[DB_KEY].queries["insert_refresh_token"], {
         "user_id": user_id,
         "family_id": str(family_id),
         "token_hash": psycopg2.Binary(hash_refresh_token(refresh)),
@@ -112,8 +80,8 @@ async def register(request: web.Request) -> web.Response:
     if not name:
         name = email.split("@", 1)[0][:50]
     hashed = await _hash_password(request.app[CONFIG_KEY].bcrypt_rounds, password)
-    async with db.cursor(request.app) as cur:
-        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["insert_user"], {
+    async with request.app[DB_KEY].cursor() as cur:
+        row = await fetch_one(cur, request.app[DB_KEY].queries["insert_user"], {
             "email": email, "name": name, "password_hash": hashed.decode("ascii"),
         })
     if row is None:
@@ -126,8 +94,8 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     email = string_field(body, "email", max_len=254).strip()
     password = string_field(body, "password", max_len=1024).encode("utf-8", "replace")
-    async with db.cursor(request.app) as cur:
-        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["user_by_email"],
+    async with request.app[DB_KEY].cursor() as cur:
+        row = await fetch_one(cur, request.app[DB_KEY].queries["user_by_email"],
                                  {"email": email})
         # An unknown email still pays for one bcrypt check, so timing does not
         # tell which emails have accounts.
@@ -146,16 +114,16 @@ async def refresh(request: web.Request) -> web.Response:
     token = string_field(body, "refresh_token", max_len=512)
     if not token:
         raise invalid("'refresh_token' is required")
-    queries = request.app[QUERIES_KEY]
+    queries = request.app[DB_KEY].queries
     rejected = ApiError(401, "invalid_refresh_token", "The refresh token is invalid")
-    async with db.cursor(request.app) as cur:
-        row = await db.fetch_one(cur, queries["refresh_token_by_hash"],
+    async with request.app[DB_KEY].cursor() as cur:
+        row = await fetch_one(cur, queries["refresh_token_by_hash"],
                                  {"token_hash": psycopg2.Binary(hash_refresh_token(token))})
         if row is None or row["revoked_at"] is not None or row["expired"]:
             raise rejected
         family = {"family_id": str(row["family_id"])}
         async with cur.begin():
-            rotated = await db.fetch_one(cur, queries["rotate_refresh_token"], {"id": row["id"]})
+            rotated = await fetch_one(cur, queries["rotate_refresh_token"], {"id": row["id"]})
             if rotated is not None:
                 pair = await _issue_pair(request, cur, row["user_id"], row["family_id"])
         if rotated is None:
@@ -170,16 +138,16 @@ async def refresh(request: web.Request) -> web.Response:
 @routes.post("/auth/logout", name="logout")
 async def logout(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
-    async with db.cursor(request.app) as cur:
-        await cur.execute(request.app[QUERIES_KEY]["revoke_user_tokens"], {"user_id": user_id})
+    async with request.app[DB_KEY].cursor() as cur:
+        await cur.execute(request.app[DB_KEY].queries["revoke_user_tokens"], {"user_id": user_id})
     return web.Response(status=204)
 
 
 @routes.get("/auth/me", name="me")
 async def me(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
-    async with db.cursor(request.app) as cur:
-        row = await db.fetch_one(cur, request.app[QUERIES_KEY]["user_by_id"], {"id": user_id})
+    async with request.app[DB_KEY].cursor() as cur:
+        row = await fetch_one(cur, request.app[DB_KEY].queries["user_by_id"], {"id": user_id})
     if row is None:
         raise ApiError(401, "invalid_token", "The account no longer exists", UNAUTHORIZED)
     return web.json_response(user_json(row))

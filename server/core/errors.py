@@ -6,8 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+import psycopg2
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import HTML_ERRORS_KEY
 
@@ -35,6 +38,9 @@ CODES = {
 class ApiError(Exception):
     """A client-facing failure; the middleware turns it into the JSON error shape."""
 
+    status = 500
+    code = "internal_error"
+
     def __init__(self, status: int, code: str, message: str,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -44,14 +50,49 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class NotFound(ApiError):
+    def __init__(self, message: str = "Not found", code: str = "not_found") -> None:
+        super().__init__(404, code, message)
+
+
+class Forbidden(ApiError):
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(403, code, message)
+
+
+class Invalid(ApiError):
+    def __init__(self, message: str, code: str = "validation_error") -> None:
+        super().__init__(422, code, message)
+
+
+class Unavailable(ApiError):
+    """A dependency (PostgreSQL, Redis, the disk) cannot do its part now; retry later."""
+
+    def __init__(self, message: str = "The service is briefly unavailable; retry later",
+                 retry_after: int = 5) -> None:
+        super().__init__(503, "unavailable", message, {"Retry-After": str(retry_after)})
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str,
                    headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
+    return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# Failures of what a request depends on, not of the request: answered 503.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    TimeoutError,
+)
 
 
 @web.middleware
@@ -59,7 +100,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        if isinstance(exc, Unavailable):
+            log.warning("%s %s: 503: %s", request.method, request.path, exc.message)
+        response = await _render(request, exc.status, exc.code, exc.message, exc.headers)
         if exc.headers.get("Connection", "").lower() == "close":
             # The rest of the body is not wanted: drop the connection, don't drain it.
             response.force_close()
@@ -73,9 +116,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                              _passthrough_headers(exc))
     except (asyncio.CancelledError, ConnectionError):
         raise
+    except DEPENDENCY_ERRORS as exc:
+        # One line, no traceback: an outage is weather, not a bug.
+        log.warning("%s %s: 503: dependency unavailable: %s", request.method, request.path,
+                    _describe(exc))
+        unavailable = Unavailable()
+        return await _render(request, 503, unavailable.code, unavailable.message,
+                             unavailable.headers)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return await _render(request, 500, "internal_error", "Internal server error", {})
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 async def _render(request: web.Request, status: int, code: str, message: str,
@@ -84,6 +139,7 @@ async def _render(request: web.Request, status: int, code: str, message: str,
     if html is not None:
         page = await html(request, status, message)
         if page is not None:
+            page.headers.update(headers)
             return page
     return error_response(status, code, message, headers)
 

@@ -37,14 +37,15 @@ import redis.asyncio as redis
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 
-from .auth import optional_user, user_from_token
-from .errors import ApiError
-from .keys import BUS_KEY, CONFIG_KEY, PRESENCE_KEY, REDIS_KEY, VIEWS_KEY
-from .streaming import parse_video_id
-from .tasks import raise_if_cancelled
-from .videos import fetch_video
-from .views import VIEWS_CHANGED, check_origin, identify
-from .watch import ReportError, parse_report
+from server.accounts.auth import optional_user, user_from_token
+from server.catalog.handlers import CATALOG_KEY
+from server.core.errors import ApiError
+from server.core.ids import parse_video_id
+from server.core.keys import BUS_KEY, CONFIG_KEY, LIVE_COUNTS_KEY, REDIS_KEY
+from server.core.loops import raise_if_cancelled
+
+from .counting import VIEWS_CHANGED, VIEWS_KEY, check_origin, identify
+from .watch_rules import ReportError, parse_report
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +542,9 @@ class PresenceHub:
                 log.warning("could not remove viewers at shutdown (they expire): %s", exc)
 
 
+PRESENCE_KEY: web.AppKey[PresenceHub] = web.AppKey("presence")
+
+
 # --- the WebSocket -----------------------------------------------------------
 
 async def active_viewers(request: web.Request) -> web.StreamResponse:
@@ -548,7 +552,7 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG_KEY]
     check_origin(request)
-    row = await fetch_video(app, request.match_info["id"])
+    row = await app[CATALOG_KEY].get(request.match_info["id"])
     # Only these live as long as the socket; the row (with its description) does not.
     video_id, duration, stored_views = row["id"], row["duration"], row["views"]
     del row
@@ -637,11 +641,11 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     bus = app[BUS_KEY]
 
-    def read_views(video_ids: Iterable[int]) -> Awaitable[dict[int, int]]:
-        return app[VIEWS_KEY].current(app, video_ids)
+    read_views = app[VIEWS_KEY].current
 
     hub = PresenceHub(app[REDIS_KEY], config.redis_prefix, config.presence_ttl, read_views)
     app[PRESENCE_KEY] = hub
+    app[LIVE_COUNTS_KEY] = hub
     bus.on(bus.key(VIEWERS_CHANGED), hub.on_viewers_changed)
     bus.on(bus.key(VIEWS_CHANGED), hub.on_views_changed)
     hub.start()

@@ -1,32 +1,30 @@
-"""Upload, list, read and delete videos."""
+"""POST /videos/upload: a multipart upload streamed to disk, sniffed, and stored."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiofiles
 from aiohttp import BodyPartReader, ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import db
-from .auth import authenticated_user
-from .errors import ApiError
-from .keys import CONFIG_KEY, QUERIES_KEY
-from .media import SNIFF_BYTES, probe_duration, sniff_container
-from .streaming import announce_change, parse_video_id, storage_path
-from .validation import invalid, positive_int
-from .views import current_views
+from server.accounts.auth import authenticated_user
+from server.catalog.handlers import CATALOG_KEY
+from server.catalog.records import video_json
+from server.core.errors import ApiError
+from server.core.keys import CONFIG_KEY
+from server.core.storage import storage_path, unlink
+from server.core.validation import invalid
 
-log = logging.getLogger(__name__)
+from .media import SNIFF_BYTES, probe_duration, sniff_container
+
 routes = web.RouteTableDef()
 
 CHUNK = 256 * 1024
@@ -37,22 +35,6 @@ TEMP_PREFIX = ".upload-"
 STALE_TEMP_SECONDS = 24 * 3600
 MAX_TITLE = 200
 MAX_DESCRIPTION = 5000
-
-
-def video_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "title": row["title"],
-        "description": row["description"],
-        "author_id": row["author_id"],
-        "author_name": row["author_name"],
-        "size": row["size"],
-        "content_type": row["content_type"],
-        "duration": row["duration"],
-        "views": row["views"],
-        "created_at": row["created_at"].isoformat(),
-        "stream_url": f"/videos/{row['id']}/stream",
-    }
 
 
 @dataclass(slots=True)
@@ -103,7 +85,7 @@ async def _stage_file(part: BodyPartReader, storage_dir: Path, max_bytes: int) -
             await out.flush()
             await asyncio.to_thread(os.fsync, out.fileno())
     except BaseException:
-        await _unlink(temp_path)
+        await unlink(temp_path)
         raise
     return StagedFile(temp_path, size, *sniffed)
 
@@ -120,11 +102,6 @@ def _too_large(max_bytes: int) -> ApiError:
     return ApiError(413, "payload_too_large",
                     f"The file is larger than the limit of {max_bytes} bytes",
                     {"Connection": "close"})
-
-
-async def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        await asyncio.to_thread(path.unlink)
 
 
 async def _read_upload(request: web.Request) -> tuple[dict[str, str], StagedFile]:
@@ -148,7 +125,7 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], StagedFile
                 await _read_text(part, "field", TEXT_FIELD_LIMIT)
     except BaseException as exc:
         if staged is not None:
-            await _unlink(staged.temp_path)
+            await unlink(staged.temp_path)
         if isinstance(exc, ApiError | asyncio.CancelledError):
             raise
         if isinstance(exc, ClientError | ConnectionError | asyncio.IncompleteReadError):
@@ -193,82 +170,23 @@ async def upload(request: web.Request) -> web.Response:
         duration = await probe_duration(staged.temp_path)
         storage_key = f"{secrets.token_hex(16)}.{staged.extension}"
         final_path = storage_path(config.storage_dir, storage_key)
-        async with db.cursor(request.app) as cur, cur.begin():
-            row = await db.fetch_one(cur, request.app[QUERIES_KEY]["insert_video"], {
-                "author_id": user_id, "title": title, "description": description,
-                "size": staged.size, "content_type": staged.content_type,
-                "storage_key": storage_key, "duration": duration,
-            })
-            # Renamed inside the transaction: if the commit fails, the file is
-            # removed below and nothing is left behind.
-            await asyncio.to_thread(os.replace, staged.temp_path, final_path)
+        temp_path, target = staged.temp_path, final_path
+
+        async def place(_key: str) -> None:
+            await asyncio.to_thread(os.replace, temp_path, target)
+
+        row = await request.app[CATALOG_KEY].create({
+            "author_id": user_id, "title": title, "description": description,
+            "size": staged.size, "content_type": staged.content_type,
+            "storage_key": storage_key, "duration": duration,
+        }, place)
     except BaseException:
-        await _unlink(staged.temp_path)
+        await unlink(staged.temp_path)
         if final_path is not None:
-            await _unlink(final_path)
+            await unlink(final_path)
         raise
-    assert row is not None
-    await announce_change(request.app, row["id"])
     return web.json_response(video_json(row), status=201)
 
-
-@routes.get("/videos", name="videos")
-async def list_videos(request: web.Request) -> web.Response:
-    limit = positive_int(request.query.get("limit"), "limit", default=20, maximum=100)
-    cursor = request.query.get("cursor")
-    before = positive_int(cursor, "cursor") if cursor else None
-    async with db.cursor(request.app) as cur:
-        rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
-                                  {"before": before, "limit": limit})
-    items = [video_json(r) for r in await with_current_views(request.app, rows)]
-    next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-    return web.json_response({"items": items, "next_cursor": next_cursor})
-
-
-async def fetch_video(app: web.Application, raw_id: str) -> dict[str, Any]:
-    video_id = parse_video_id(raw_id)
-    row = None
-    if video_id is not None:
-        async with db.cursor(app) as cur:
-            row = await db.fetch_one(cur, app[QUERIES_KEY]["video_by_id"], {"id": video_id})
-    if row is None:
-        raise ApiError(404, "not_found", "No such video")
-    return row
-
-
-async def with_current_views(app: web.Application,
-                             rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows with `views` including views counted but not yet flushed."""
-    totals = await current_views(app, [r["id"] for r in rows],
-                                 {r["id"]: r["views"] for r in rows})
-    return [{**r, "views": totals[r["id"]]} for r in rows]
-
-
-@routes.get("/videos/{id}", name="video")
-async def get_video(request: web.Request) -> web.Response:
-    row = await fetch_video(request.app, request.match_info["id"])
-    [row] = await with_current_views(request.app, [row])
-    return web.json_response(video_json(row))
-
-
-@routes.delete("/videos/{id}", name="delete_video")
-async def delete_video(request: web.Request) -> web.Response:
-    user_id = authenticated_user(request)
-    video_id = parse_video_id(request.match_info["id"])
-    if video_id is None:
-        raise ApiError(404, "not_found", "No such video")
-    queries = request.app[QUERIES_KEY]
-    async with db.cursor(request.app) as cur, cur.begin():
-        owner = await db.fetch_one(cur, queries["lock_video_author"], {"id": video_id})
-        if owner is None:
-            raise ApiError(404, "not_found", "No such video")
-        if owner["author_id"] != user_id:
-            raise ApiError(403, "forbidden", "Only the author can delete this video")
-        deleted = await db.fetch_one(cur, queries["delete_video"], {"id": video_id})
-    assert deleted is not None
-    await announce_change(request.app, video_id)
-    await _unlink(storage_path(request.app[CONFIG_KEY].storage_dir, deleted["storage_key"]))
-    return web.Response(status=204)
 
 
 def _sweep_stale_uploads(storage_dir: Path) -> None:
@@ -284,6 +202,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(storage_dir.mkdir, parents=True, exist_ok=True)
     await asyncio.to_thread(_sweep_stale_uploads, storage_dir)
     yield
+
 
 
 def setup(app: web.Application) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,11 +13,15 @@ import aiopg
 import psycopg2.extras
 from aiohttp import web
 
-from .keys import CONFIG_KEY, DB_KEY, QUERIES_KEY
+from .keys import CONFIG_KEY, DB_KEY
+
+# An aiopg cursor; aiopg ships no type information.
+Statements = Any
+Params = Mapping[str, Any] | tuple[Any, ...]
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MIGRATION_RE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 # Arbitrary constant identifying the migration lock among advisory locks.
@@ -43,7 +47,7 @@ class Queries(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._statements[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._statements)
 
     def __len__(self) -> int:
@@ -108,12 +112,44 @@ async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[int]:
     return applied
 
 
+class Database:
+    """The pool and the named queries: a short-lived cursor per unit of work.
+
+    Nothing slow may run while a cursor is open; a connection is held only for
+    the statements themselves.
+    """
+
+    def __init__(self, pool: aiopg.Pool, queries: Queries) -> None:
+        self.pool = pool
+        self.queries = queries
+
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[Statements]:
+        """A dict-row cursor on a pooled connection (autocommit unless `cur.begin()`)."""
+        async with self.pool.acquire() as conn, conn.cursor(
+            cursor_factory=psycopg2.extras.RealDictCursor
+        ) as cur:
+            yield cur
+
+    async def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
+        async with self.cursor() as cur:
+            return await fetch_one(cur, self.queries[name], params)
+
+    async def all(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
+        async with self.cursor() as cur:
+            return await fetch_all(cur, self.queries[name], params)
+
+    async def execute(self, name: str, params: Params = ()) -> None:
+        async with self.cursor() as cur:
+            await cur.execute(self.queries[name], params)
+
+
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     await migrate(config.database_url)
-    app[QUERIES_KEY] = Queries.load()
-    pool = await aiopg.create_pool(config.database_url, minsize=1, maxsize=10, timeout=30)
-    app[DB_KEY] = pool
+    pool = await aiopg.create_pool(config.database_url, minsize=1, maxsize=config.db_pool_size,
+                                   timeout=config.db_timeout)
+    app[DB_KEY] = Database(pool, Queries.load())
     try:
         yield
     finally:
@@ -121,21 +157,12 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
         await pool.wait_closed()
 
 
-@asynccontextmanager
-async def cursor(app: web.Application) -> AsyncIterator[Any]:
-    """A dict-row cursor on a pooled connection (autocommit unless `cur.begin()`)."""
-    async with app[DB_KEY].acquire() as conn, conn.cursor(
-        cursor_factory=psycopg2.extras.RealDictCursor
-    ) as cur:
-        yield cur
-
-
-async def fetch_one(cur: Any, sql: str, params: Mapping[str, Any] | tuple = ()) -> dict | None:
+async def fetch_one(cur: Statements, sql: str, params: Params = ()) -> dict[str, Any] | None:
     await cur.execute(sql, params)
     row = await cur.fetchone()
     return dict(row) if row is not None else None
 
 
-async def fetch_all(cur: Any, sql: str, params: Mapping[str, Any] | tuple = ()) -> list[dict]:
+async def fetch_all(cur: Statements, sql: str, params: Params = ()) -> list[dict[str, Any]]:
     await cur.execute(sql, params)
     return [dict(row) for row in await cur.fetchall()]

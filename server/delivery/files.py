@@ -1,0 +1,221 @@
+"""What the stream serves: per-process metadata of stored files and their open descriptors.
+
+A seeking player's many requests cost no database round trip: each process keeps
+the file's headers and an open descriptor. Every cached video is forgotten as
+soon as the change feed reports a change to it (`server.core.changes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from server.core.db import Database
+from server.core.storage import storage_path
+
+from .ranges import Validators, format_http_date
+from .sendfile import HttpDate, header_fields
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFile:
+    path: Path
+    size: int
+    content_type: str
+    validators: Validators
+    # ETag, Last-Modified, Cache-Control, Accept-Ranges: formatted once, not per request.
+    headers: Mapping[str, str]
+    # The same with Content-Type and Server, as header lines for a direct response.
+    fields: bytes
+
+
+def video_file(path: Path, size: int, content_type: str, validators: Validators,
+               max_age: int) -> VideoFile:
+    headers = MappingProxyType({
+        "ETag": validators.etag,
+        "Last-Modified": format_http_date(validators.last_modified),
+        "Cache-Control": f"public, max-age={max_age}",
+        "Accept-Ranges": "bytes",
+    })
+    fields = header_fields({**headers, "Content-Type": content_type})
+    return VideoFile(path, size, content_type, validators, headers, fields)
+
+
+class OpenFile:
+    """A read-only descriptor of a stored file, shared by the requests that stream it.
+
+    The cache holds one reference and every request holds one while it sends, so
+    an eviction never closes the descriptor under a sendfile in flight. A file
+    unlinked meanwhile stays readable through it, which is what those requests want.
+    """
+
+    __slots__ = ("fd", "refs", "checked")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+        self.checked = time.monotonic()
+
+    def acquire(self) -> OpenFile:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
+
+
+class VideoFileCache:
+    """Per-process LRU of stream metadata and open files; misses are remembered briefly.
+
+    Uploads and deletes publish the video id on Redis so every process evicts it.
+    """
+
+    def __init__(self, capacity: int = 8192, negative_ttl: float = 2.0,
+                 open_files: int = 256, recheck: float = 1.0) -> None:
+        self.capacity = capacity
+        self.negative_ttl = negative_ttl
+        self.open_files = open_files
+        self.recheck = recheck
+        self._hits: OrderedDict[int, VideoFile] = OrderedDict()
+        self._misses: dict[int, float] = {}
+        self._loading: dict[int, asyncio.Future[VideoFile | None]] = {}
+        self._files: OrderedDict[int, OpenFile] = OrderedDict()
+        self.date = HttpDate()
+
+    def get(self, video_id: int) -> VideoFile | None | bool:
+        """The cached file, None for a remembered miss, False when unknown."""
+        found = self._hits.get(video_id)
+        if found is not None:
+            self._hits.move_to_end(video_id)
+            return found
+        expires = self._misses.get(video_id)
+        if expires is not None:
+            if expires > time.monotonic():
+                return None
+            del self._misses[video_id]
+        return False
+
+    def put(self, video_id: int, value: VideoFile | None) -> None:
+        if value is None:
+            if len(self._misses) >= self.capacity:
+                self._misses.clear()
+            self._misses[video_id] = time.monotonic() + self.negative_ttl
+            return
+        self._hits[video_id] = value
+        self._hits.move_to_end(video_id)
+        while len(self._hits) > self.capacity:
+            self._hits.popitem(last=False)
+
+    def evict(self, video_id: int) -> None:
+        self._hits.pop(video_id, None)
+        self._misses.pop(video_id, None)
+        self._close(video_id)
+
+    def open(self, video_id: int, video: VideoFile) -> OpenFile:
+        """The video's file, referenced for the caller, who must release() it.
+
+        An open() and close() per request are a measurable share of a small
+        range request, so descriptors are kept. Deletes evict them; should an
+        eviction be missed, a kept descriptor whose file was unlinked counts as
+        gone, as a fresh open() would, once its `recheck` seconds are up.
+        """
+        handle = self._files.get(video_id)
+        if handle is not None:
+            now = time.monotonic()
+            if now - handle.checked >= self.recheck:
+                if not os.fstat(handle.fd).st_nlink:
+                    self._close(video_id)
+                    raise FileNotFoundError(str(video.path))
+                handle.checked = now
+            self._files.move_to_end(video_id)
+            return handle.acquire()
+        handle = OpenFile(os.open(video.path, os.O_RDONLY))
+        self._files[video_id] = handle
+        while len(self._files) > self.open_files:
+            self._files.popitem(last=False)[1].release()
+        return handle.acquire()
+
+    def open_present(self, video_id: int, video: VideoFile) -> OpenFile | None:
+        """open(), or None with the video forgotten when its file is gone.
+
+        Files are never rewritten in place: a kept descriptor reads the same bytes.
+        """
+        try:
+            return self.open(video_id, video)
+        except FileNotFoundError:
+            self.evict(video_id)
+            return None
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].release()
+
+    def _close(self, video_id: int) -> None:
+        handle = self._files.pop(video_id, None)
+        if handle is not None:
+            handle.release()
+
+    def loading(self) -> dict[int, asyncio.Future[VideoFile | None]]:
+        return self._loading
+
+    def changed(self, video_id: int | None) -> None:
+        """A change feed subscriber: forget one video, or (None) every video."""
+        if video_id is not None:
+            self.evict(video_id)
+            return
+        self._hits.clear()
+        self._misses.clear()
+        self.close()
+
+
+def etag_for(storage_key: str) -> str:
+    # Stored files are never rewritten: the random storage key names one content.
+    return f'"{storage_key}"'
+
+
+class VideoFiles:
+    """Loads a video's stream metadata once, however many requests ask at once."""
+
+    def __init__(self, db: Database, storage_dir: Path, max_age: int) -> None:
+        self._db = db
+        self._storage_dir = storage_dir
+        self._max_age = max_age
+        self.cache = VideoFileCache()
+
+    async def load(self, video_id: int) -> VideoFile | None:
+        cache = self.cache
+        cached = cache.get(video_id)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        pending = cache.loading().get(video_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[VideoFile | None] = asyncio.get_running_loop().create_future()
+        cache.loading()[video_id] = future
+        try:
+            row = await self._db.one("video_file", {"id": video_id})
+            value = None if row is None else video_file(
+                path=storage_path(self._storage_dir, row["storage_key"]),
+                size=row["size"],
+                content_type=row["content_type"],
+                validators=Validators(etag=etag_for(row["storage_key"]),
+                                      last_modified=int(row["created"])),
+                max_age=self._max_age,
+            )
+            cache.put(video_id, value)
+            future.set_result(value)
+            return value
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del cache.loading()[video_id]

@@ -1,0 +1,226 @@
+"""GET/HEAD /videos/{id}/stream: RFC 9110 conditional and byte-range delivery.
+
+The handler is a straight line over the pure decisions in `ranges`; bodies go
+out with sendfile. File metadata is cached per process so a seeking player's
+many requests cost no database round trip, and the usual request (a GET of one
+range or the whole file, no conditional headers) is written straight to the
+socket (`sendfile.send_direct`); bench/NOTES.md has the measurements behind the
+shape of the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from aiohttp import HttpVersion11, web
+
+from server.catalog.records import VideoNotFound
+from server.core.errors import ApiError
+from server.core.ids import parse_video_id
+from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
+
+from .files import VideoFile, VideoFiles
+from .ranges import (
+    ByteRange,
+    Conditions,
+    Precondition,
+    RangeOutcome,
+    evaluate_preconditions,
+    multipart_layout,
+    plan_ranges,
+    range_applies,
+)
+from .sendfile import (
+    SentResponse,
+    abandon,
+    cork,
+    head_block,
+    plain_socket,
+    send_direct,
+    sendfile,
+)
+
+FILES_KEY: web.AppKey[VideoFiles] = web.AppKey("video_files")
+
+CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+                       "If-Range")
+NO_CONDITIONS = Conditions()
+
+
+def conditions(request: web.Request) -> Conditions:
+    headers = request.headers
+    for name in CONDITIONAL_HEADERS:
+        if name in headers:
+            break
+    else:
+        return NO_CONDITIONS  # the usual request: five look-ups and nothing built
+
+    def joined(name: str) -> str | None:
+        values = headers.getall(name, ())
+        return ", ".join(values) if values else None
+
+    return Conditions(
+        if_match=joined("If-Match"),
+        if_none_match=joined("If-None-Match"),
+        if_modified_since=headers.get("If-Modified-Since"),
+        if_unmodified_since=headers.get("If-Unmodified-Since"),
+        if_range=headers.get("If-Range"),
+    )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    video_id = parse_video_id(request.match_info["id"])
+    video = None if video_id is None else await request.app[FILES_KEY].load(video_id)
+    if video_id is None or video is None:
+        raise VideoNotFound()
+    cond = conditions(request)
+    if cond is NO_CONDITIONS and request.method == "GET" and request.version == HttpVersion11:
+        span = plain_span(request.headers.get("Range"), video.size)
+        sock = None if span is None else plain_socket(request.transport)
+        if span is not None and sock is not None:
+            first, last, partial = span
+            return await stream_direct(request, video_id, video, sock, first, last, partial)
+    return await stream_general(request, video_id, video, cond)
+
+
+async def stream_direct(request: web.Request, video_id: int, video: VideoFile, sock: object,
+                        first: int, last: int, partial: bool) -> web.StreamResponse:
+    """The usual request, one range or the whole file, written straight to the socket."""
+    cache = request.app[FILES_KEY].cache
+    file = cache.open_present(video_id, video)
+    if file is None:
+        raise VideoNotFound()
+    keep_alive = request.keep_alive
+    head = head_block(first, last, video.size, partial, video.fields, cache.date.now(),
+                      keep_alive)
+    try:
+        sent = await send_direct(request, sock, head, file.fd, first, last - first + 1)
+    finally:
+        file.release()
+    return SentResponse(206 if partial else 200, last - first + 1, keep_alive and sent)
+
+
+def uncacheable(headers: Mapping[str, str]) -> dict[str, str]:
+    """The file's headers for an error answer: no Cache-Control, so no cache keeps it."""
+    return {name: value for name, value in headers.items() if name != "Cache-Control"}
+
+
+async def stream_general(request: web.Request, video_id: int, video: VideoFile,
+                         cond: Conditions) -> web.StreamResponse:
+    """Every other request: conditionals, HEAD, range lists, HTTP/1.0, TLS."""
+    headers = video.headers
+    decision = evaluate_preconditions(request.method, cond, video.validators)
+    if decision is Precondition.NOT_MODIFIED:
+        return web.Response(status=304, headers=headers)
+    if decision is Precondition.PRECONDITION_FAILED:
+        raise ApiError(412, "precondition_failed", "A precondition did not hold",
+                       uncacheable(headers))
+
+    range_header = request.headers.get("Range")
+    if range_header is not None and range_applies(request.method, cond, video.validators):
+        plan = plan_ranges(range_header, video.size)
+    else:
+        plan = plan_ranges(None, video.size)
+    if plan.outcome is RangeOutcome.UNSATISFIABLE:
+        raise ApiError(416, "range_not_satisfiable",
+                       "None of the requested ranges can be satisfied",
+                       {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
+
+    file = request.app[FILES_KEY].cache.open_present(video_id, video)
+    if file is None:
+        raise VideoNotFound()
+    try:
+        if plan.outcome is RangeOutcome.FULL:
+            response = web.StreamResponse(status=200, headers={
+                **headers, "Content-Type": video.content_type,
+                "Content-Length": str(video.size)})
+            await send(request, response, file.fd, [ByteRange(0, video.size - 1)])
+        elif len(plan.ranges) == 1:
+            only = plan.ranges[0]
+            response = web.StreamResponse(status=206, headers={
+                **headers, "Content-Range": only.content_range(video.size),
+                "Content-Type": video.content_type, "Content-Length": str(only.length)})
+            await send(request, response, file.fd, [only])
+        else:
+            layout = multipart_layout(plan.ranges, video.size, video.content_type,
+                                      secrets.token_hex(12))
+            response = web.StreamResponse(status=206, headers={
+                **headers, "Content-Type": layout.content_type,
+                "Content-Length": str(layout.content_length)})
+            body: list[bytes | ByteRange] = []
+            for part_header, part in layout.parts:
+                body += [part_header, part]
+            body.append(layout.closing)
+            await send(request, response, file.fd, body)
+    finally:
+        file.release()
+    return response
+
+
+# The form players send, "bytes=first-" or "bytes=first-last"; plan_ranges has the rest.
+_SIMPLE_RANGE_RE = re.compile(r"bytes=([0-9]{1,15})-([0-9]{0,15})")
+
+
+def plain_span(range_header: str | None, size: int) -> tuple[int, int, bool] | None:
+    """(first, last, partial) for a whole-file GET or one plain satisfiable range.
+
+    None for anything else (empty files, suffix ranges, lists, bad syntax), which
+    plan_ranges answers; where both answer, they agree (a test checks).
+    """
+    if range_header is None:
+        return (0, size - 1, False) if size else None
+    m = _SIMPLE_RANGE_RE.fullmatch(range_header)
+    if m is None:
+        return None
+    first, last = int(m[1]), m[2]
+    end = min(int(last), size - 1) if last else size - 1
+    if first > end:
+        return None
+    return first, end, True
+
+
+async def send(request: web.Request, response: web.StreamResponse, fd: int,
+               body: Sequence[bytes | ByteRange]) -> None:
+    """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
+
+    The socket is corked meanwhile, so the header block and a small body leave
+    in one segment instead of two.
+    """
+    transport = request.transport
+    sock = plain_socket(transport)
+    cork(sock, True)
+    try:
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return
+        for piece in body:
+            if isinstance(piece, bytes):
+                await response.write(piece)
+            else:
+                await sendfile(transport, sock, fd, piece.start, piece.length)  # type: ignore[arg-type]
+        await response.write_eof()
+    except Exception as exc:
+        if not response.prepared:
+            raise  # nothing was sent: the error middleware answers
+        abandon(request, exc)
+    finally:
+        cork(sock, False)
+
+
+async def files_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    files = VideoFiles(app[DB_KEY], config.storage_dir, config.stream_cache_seconds)
+    app[FILES_KEY] = files
+    app[CHANGES_KEY].subscribe(files.cache.changed)
+    try:
+        yield
+    finally:
+        files.cache.close()
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(files_ctx)
+    app.router.add_route("GET", "/videos/{id}/stream", stream, name="stream")
+    app.router.add_route("HEAD", "/videos/{id}/stream", stream)
