@@ -116,11 +116,17 @@ class ViewerSocket(asyncio.Protocol):
             self.transport.close()
 
 
-def handshake(host: str, port: int, path: str) -> bytes:
+def handshake(host: str, port: int, path: str, agent: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nUser-Agent: tubelet-bench\r\n\r\n").encode()
+            f"Sec-WebSocket-Version: 13\r\nUser-Agent: {agent}\r\n\r\n").encode()
+
+
+def agent(number: int) -> str:
+    """A User-Agent of its own for each socket: the server counts distinct viewers
+    (address and User-Agent), and every bench socket comes from 127.0.0.1."""
+    return f"tubelet-bench/{os.getpid()}.{number}"
 
 
 class Client:
@@ -136,21 +142,20 @@ class Client:
         failures: list[str] = []
         started = time.monotonic()
 
-        async def one() -> None:
+        async def one(number: int) -> None:
             async with gate:
                 ready: asyncio.Future[None] = loop.create_future()
+                request = handshake(self.host, self.port, self.path, agent(number))
                 try:
                     _, sock = await loop.create_connection(
-                        lambda: ViewerSocket(handshake(self.host, self.port, self.path), ready,
-                                             self),
-                        self.host, self.port)
+                        lambda: ViewerSocket(request, ready, self), self.host, self.port)
                     await asyncio.wait_for(ready, 60)
                 except (TimeoutError, OSError) as exc:
                     failures.append(repr(exc))
                     return
                 self.sockets.append(sock)
 
-        await asyncio.gather(*(one() for _ in range(self.count)))
+        await asyncio.gather(*(one(number) for number in range(self.count)))
         return {"opened": len(self.sockets), "failed": len(failures),
                 "errors": sorted(set(failures))[:5],
                 "seconds": round(time.monotonic() - started, 2)}

@@ -1,33 +1,150 @@
-"""`python -m server` serves; `python -m server migrate` only applies migrations."""
+"""`python -m server [serve|migrate]`: the command line. `--help` lists the environment."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import re
 import signal
+import socket
 import sys
+import traceback
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg2
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.app import create_app
-from server.core.config import Config, ConfigError
+from server.core.config import ENVIRONMENT, Config, ConfigError
 from server.core.db import migrate
 from server.core.errors import quiet_client_errors
+from server.core.http import AppRunner
+from server.viewing.counting import VIEWS_KEY
 
 log = logging.getLogger("server")
 
+USAGE = "usage: python -m server [serve | migrate | --help]"
+COMMANDS = """\
+commands:
+  serve     apply pending migrations, then serve HTTP until Ctrl-C or SIGTERM (the default)
+  migrate   apply pending migrations and exit
 
-def serve(config: Config) -> None:
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        reuse_port=config.workers > 1,
-        access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-        print=None,
-    )
+Stopping (Ctrl-C, SIGTERM) finishes requests in flight, closes viewer sockets,
+writes counted views to PostgreSQL and exits 0.
+`make run` runs this under `python -m server.dev`, which starts an embedded
+PostgreSQL and Redis when DATABASE_URL and REDIS_URL are unset.
+"""
+# Exit status when the environment keeps the server from starting.
+STARTUP_FAILED = 1
+USAGE_ERROR = 2
+
+
+class Stop:
+    """SIGINT and SIGTERM: abandon a start-up in progress, or end serving gracefully.
+
+    Only the first signal counts; more while stopping (a terminal's Ctrl-C also
+    reaches every process of its group) must not cut the final flush short.
+    """
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._task = asyncio.current_task()
+        self._serving = False
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._signalled, signum)
+
+    def _signalled(self, signum: int) -> None:
+        if self.requested.is_set():
+            log.info("%s: already stopping", signal.Signals(signum).name)
+            return
+        self.requested.set()
+        if not self._serving and self._task is not None:
+            self._task.cancel()
+
+    async def wait(self) -> None:
+        """Serve until a signal arrives."""
+        self._serving = True
+        await self.requested.wait()
+
+
+def access_logger(config: Config) -> logging.Logger | None:
+    return logging.getLogger("aiohttp.access") if config.access_log else None
+
+
+async def serve(config: Config, sock: socket.socket, stop: Stop) -> int | None:
+    """Serve on the bound `sock` until stopped; the views the final flush wrote, or
+    None when it failed (they wait in Redis for the next flush)."""
+    app = create_app(config)
+    runner = AppRunner(app, header_timeout=config.header_timeout,
+                       access_log=access_logger(config))
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        log.info("serving on %s", url_of(sock))
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+    return app[VIEWS_KEY].flushed_at_stop
+
+
+async def serve_until_stopped(config: Config, sock: socket.socket) -> int:
+    stop = Stop()
+    try:
+        flushed = await serve(config, sock, stop)
+    except asyncio.CancelledError:
+        if not stop.requested.is_set():
+            raise
+        log.info("stopped during start-up")
+        return 0
+    if flushed is None:
+        log.warning("stopped; the final view flush failed, counted views wait in Redis")
+    else:
+        log.info("stopped; flushed %d view%s", flushed, "" if flushed == 1 else "s")
+    return 0
+
+
+def bind(config: Config) -> socket.socket:
+    """The server's socket, bound but not yet listening.
+
+    Bound before the application starts (pools, change feed, Redis), so a port
+    in use is reported at once; it listens only once the application can answer.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        config.host or None, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(config: Config) -> int:
+    """One serving process: bind, start, serve until stopped."""
+    try:
+        sock = bind(config)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE \
+            else exc.strerror or str(exc)
+        return fail(f"cannot listen on {config.host}:{config.port}: {reason}")
+    with sock:
+        return asyncio.run(serve_until_stopped(config, sock))
 
 
 def serve_workers(config: Config) -> int:
@@ -36,10 +153,13 @@ def serve_workers(config: Config) -> int:
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
+            code = STARTUP_FAILED
             try:
-                serve(config)
+                code = guarded(config, lambda: run_server(config))
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(code)
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -52,35 +172,135 @@ def serve_workers(config: Config) -> int:
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+        exit_code = os.waitstatus_to_exitcode(code)
+        status = status or (128 - exit_code if exit_code < 0 else exit_code)
     return status
 
 
+# --- start-up failures ---------------------------------------------------------
+
+def fail(line: str) -> int:
+    print(f"tubelet: {line}", file=sys.stderr)
+    return STARTUP_FAILED
+
+
+def mask_url(url: str) -> str:
+    """A connection URL fit for a log: any password replaced by ***."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", url)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    if at and userinfo.partition(":")[2]:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = parts.query
+    if "password" in query:
+        query = urlencode([(k, "***" if k == "password" else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def postgres_reason(exc: BaseException) -> str:
+    """What libpq said, without its preamble: 'Connection refused', 'database "x" does
+    not exist', 'password authentication failed for user "y"'."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r'^connection to server (at|on) .*? failed:\s*', "", text)
+    return re.sub(r"^(FATAL|ERROR):\s+", "", text)
+
+
+def explain(exc: BaseException, config: Config) -> str | None:
+    """One line for a start-up failure that is the environment's, not a bug."""
+    if isinstance(exc, psycopg2.Error):
+        return f"cannot use PostgreSQL at {mask_url(config.database_url)}: " \
+               f"{postgres_reason(exc)}"
+    if isinstance(exc, RedisError):
+        lines = str(exc).strip().splitlines()
+        return f"cannot use Redis at {mask_url(config.redis_url)}: " \
+               f"{lines[0] if lines else type(exc).__name__}"
+    if isinstance(exc, TimeoutError):
+        return (f"start-up timed out: PostgreSQL ({mask_url(config.database_url)}) "
+                f"or Redis ({mask_url(config.redis_url)}) did not answer")
+    if isinstance(exc, OSError):
+        return f"start-up failed: {exc}"
+    return None
+
+
+def guarded(config: Config, step: Callable[[], int]) -> int:
+    """Run `step`, which returns an exit status; a failure of the environment becomes
+    one line on stderr and a non-zero status, not a traceback."""
+    try:
+        return step()
+    except Exception as exc:
+        line = explain(exc, config)
+        if line is None:
+            raise
+        return fail(line)
+
+
+# --- the command line ----------------------------------------------------------
+
+def help_text() -> str:
+    base = Config(jwt_secret="-" * 32)
+    rows = []
+    for variable in ENVIRONMENT:
+        default = variable.default
+        if default is None:
+            default = show(getattr(base, variable.field))
+        rows.append((variable.name, f"{variable.meaning} [{default}]"))
+    width = max(len(name) for name, _ in rows)
+    table = "\n".join(f"  {name.ljust(width)}  {text}" for name, text in rows)
+    return f"{USAGE}\n\n{COMMANDS}\nenvironment [default]:\n{table}\n"
+
+
+def show(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in {"-h", "--help", "help"}:
+        print(help_text(), end="")
+        return 0
+    command = argv[0] if argv else "serve"
+    if command not in {"serve", "migrate"} or len(argv) > 1:
+        print(USAGE, file=sys.stderr)
+        return USAGE_ERROR
     try:
         config = Config.from_env()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        print(f"tubelet: configuration error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     quiet_client_errors()
+
+    def migrations() -> int:
+        try:
+            applied = asyncio.run(migrate(config.database_url,
+                                          connect_timeout=config.db_timeout))
+        except TimeoutError:
+            return fail(f"cannot use PostgreSQL at {mask_url(config.database_url)}: "
+                        f"no answer within {config.db_timeout:g} s (DB_TIMEOUT)")
+        if command == "migrate":
+            print(f"applied {len(applied)} migration(s)")
+        return 0
+
+    try:
+        code = guarded(config, migrations)
+    except KeyboardInterrupt:
+        return 130
+    if code or command == "migrate":
+        return code
     if not os.environ.get("JWT_SECRET"):
         log.warning("JWT_SECRET is not set: using a random secret; tokens end with this process")
-    command = argv[0] if argv else "serve"
-    if command == "migrate":
-        applied = asyncio.run(migrate(config.database_url))
-        print(f"applied {len(applied)} migration(s)")
-        return 0
-    if command != "serve":
-        print("usage: python -m server [serve|migrate]", file=sys.stderr)
-        return 2
-    asyncio.run(migrate(config.database_url))
-    log.info("serving on http://%s:%s with %d worker(s)", config.host, config.port,
-             config.workers)
     if config.workers == 1:
-        serve(config)
-        return 0
+        return guarded(config, lambda: run_server(config))
     return serve_workers(config)
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.accounts import handlers as accounts
 from server.catalog import handlers as catalog
+from server.core import http
 from server.core.changes import ChangeFeed
 from server.core.config import Config
 from server.core.db import db_ctx
@@ -42,6 +43,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(db_ctx)
     app.cleanup_ctx.append(changes_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    http.setup(app)
     health.setup(app)
     accounts.setup(app)
     catalog.setup(app)

@@ -117,8 +117,17 @@ export async function logOut() {
   forget();
 }
 
-// A same-site path to go back to after signing in; anything else goes home.
+// A path on this origin to go back to after signing in; anything else goes home.
+// Checked as the browser will read it: URLs lose tabs and newlines before they are
+// parsed, so "/\t/evil.example" is "//evil.example", another host.
 export function nextPath(search = location.search) {
-  const next = new URLSearchParams(search).get("next") || "/";
-  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+  const next = new URLSearchParams(search).get("next");
+  if (!next || !/^\/(?![/\\])/.test(next.replace(/[\t\n\r]/g, ""))) return "/";
+  let url;
+  try {
+    url = new URL(next, location.origin);
+  } catch {
+    return "/";
+  }
+  return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
 }

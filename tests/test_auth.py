@@ -207,3 +207,56 @@ async def test_token_that_is_not_utf8_is_401(client):
     assert b'"invalid_token"' in reply or b'"unauthorized"' in reply
     resp = await client.get("/auth/me", headers={"Authorization": "Bearer \u00e9t\u00e9"})
     assert resp.status == 401
+
+
+def _spellings(user_id: int) -> list[str]:
+    """Ways to write a user id that are not its one ASCII spelling."""
+    digits = str(user_id)
+    arabic_indic = "".join(chr(0x660 + int(d)) for d in digits)  # int() reads these
+    fullwidth = "".join(chr(0xFF10 + int(d)) for d in digits)
+    return [arabic_indic, fullwidth, "\u00b2", digits + "\u00b2", "0" + digits, "+" + digits,
+            "-" + digits, " " + digits, digits + " ", digits + "\n", "1" * 19, "0", ""]
+
+
+async def test_token_subject_is_ascii_digits_only(client, config, api_error):
+    user = await register(client)
+    now = int(time.time())
+    claims = {"iat": now, "exp": now + 600, "typ": "access"}
+    good = jwt.encode({**claims, "sub": str(user["id"])}, config.jwt_secret, algorithm="HS256")
+    resp = await client.get("/auth/me", headers={"Authorization": f"Bearer {good}"})
+    assert resp.status == 200 and (await resp.json())["id"] == user["id"]
+    for sub in _spellings(user["id"]):
+        token = jwt.encode({**claims, "sub": sub}, config.jwt_secret, algorithm="HS256")
+        resp = await client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        body = await api_error(resp, 401, "invalid_token")
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer"), (sub, body)
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/jsonp", None,
+])
+async def test_auth_bodies_must_be_json(client, api_error, database_url, content_type):
+    """A cross-site form or a fetch without a preflight cannot send JSON: refuse the rest."""
+    body = json.dumps({"email": "csrf@example.com", "password": "correct horse battery"})
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/auth/register", "/auth/login"):
+        resp = await client.post(path, data=body.encode(), headers=headers,
+                                 skip_auto_headers=["Content-Type"])
+        await api_error(resp, 415, "unsupported_media_type")
+
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM users")
+        assert cur.fetchone()[0] == 0
+    conn.close()
+
+
+async def test_json_with_charset_is_json(client):
+    body = json.dumps({"email": "charset@example.com", "password": "correct horse battery"})
+    resp = await client.post("/auth/register", data=body.encode(),
+                             headers={"Content-Type": "Application/JSON; charset=UTF-8"})
+    assert resp.status == 201, await resp.text()
+    await login(client, "charset@example.com")

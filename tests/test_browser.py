@@ -280,3 +280,52 @@ async def test_live_widget_reconnects_when_the_server_comes_back(serve, browser,
     await expect(widget).to_have_attribute("data-state", "live", timeout=15_000)
     await expect(page.locator("#active-viewers")).to_have_text("1")
     assert errors == []
+
+
+# As an attacker would write them in a link to /login?next=...
+HOSTILE_NEXT = [
+    "/%09/evil.example/phish",  # the browser drops the tab: //evil.example/phish
+    "/%0A/evil.example",
+    "//evil.example",
+    "/%5Cevil.example",  # /\evil.example
+    "/%5C%5Cevil.example",
+    "%2F%2Fevil.example",
+    "%20//evil.example",
+    "https://evil.example",
+    "javascript:alert(1)",
+]
+
+
+async def test_login_goes_back_only_to_this_site(serve, browser):
+    server = await serve(auth_rate_limit=1000)
+    base = base_url(server)
+    email = f"dee-{secrets.token_hex(3)}@example.com"
+    async with ClientSession() as session, session.post(
+            server.make_url("/auth/register"), json={"email": email, "password": PASSWORD}) as r:
+        assert r.status == 201
+    context = await browser.new_context()
+    await context.route(re.compile(r"^[a-z]+://evil\.example"), lambda route: route.abort())
+    page = await context.new_page()
+    errors = watch_errors(page)
+    navigations: list[str] = []
+    page.on("request", lambda r: navigations.append(r.url) if r.is_navigation_request()
+            else None)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: dialogs.append(d.message))
+
+    async def log_in(next_param: str, lands_on: str) -> None:
+        await page.goto(f"{base}/login?next={next_param}")
+        await page.fill("input[name=email]", email)
+        await page.fill("input[name=password]", PASSWORD)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(lands_on, timeout=10_000)
+        await page.evaluate("sessionStorage.clear()")
+
+    for hostile in HOSTILE_NEXT:
+        await log_in(hostile, f"{base}/")
+    # Paths on this site are still followed, query included.
+    await log_in("/watch/1", f"{base}/watch/1")
+    await log_in("%2Fwatch%2F1%3Ft%3D3", f"{base}/watch/1?t=3")
+    assert [url for url in navigations if not url.startswith(base + "/")] == []
+    assert dialogs == [] and errors == []
+    await context.close()

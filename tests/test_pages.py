@@ -259,8 +259,10 @@ def test_format_count_and_ago():
 async def test_home_shows_who_is_watching_now(client):
     watched = await uploaded(client, "Popular clip")
     await uploaded(client, "Quiet clip")
-    sockets = [await client.ws_connect(f"/videos/{watched['id']}/active-viewers")
-               for _ in range(2)]
+    # Two browsers: tabs of one browser would be one viewer.
+    sockets = [await client.ws_connect(f"/videos/{watched['id']}/active-viewers",
+                                       headers={"User-Agent": f"Mozilla/5.0 Firefox/{i}.0"})
+               for i in (128, 129)]
     for ws in sockets:
         assert (await ws.receive_json())["active_viewers"] >= 1
     _, text, _ = await page(client, "/")

@@ -1,4 +1,8 @@
-"""Live viewer counts over real WebSockets, shared through real Redis."""
+"""Live viewer counts over real WebSockets, shared through real Redis.
+
+Active viewers are distinct viewers: sockets that must count apart carry
+different User-Agents (`agent(i)`) or different accounts.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,18 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.core.config import Config
-from server.viewing.presence import PRESENCE_KEY, TICK, Viewer, state_text, text_frame
+from server.viewing.presence import (
+    DELETED,
+    PRESENCE_KEY,
+    TICK,
+    TOO_MANY,
+    Connection,
+    state_text,
+    text_frame,
+)
 
 from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
+from .outages import own_redis  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,13 +64,18 @@ def viewers(n: int) -> Callable[[dict[str, Any]], bool]:
     return lambda state: state["active_viewers"] == n
 
 
+def agent(i: int) -> dict[str, str]:
+    """Headers of viewer number `i`: same address as every other, its own browser."""
+    return {"User-Agent": f"Mozilla/5.0 (X11; Linux x86_64) Firefox/{100 + i}.0"}
+
+
 async def test_connect_gets_counts_and_changes(client):
     video_id = await new_video(client)
     path = f"/videos/{video_id}/active-viewers"
-    first = await client.ws_connect(path)
+    first = await client.ws_connect(path, headers=agent(1))
     assert await next_state(first) == {"video_id": video_id, "active_viewers": 1, "views": 0}
 
-    second = await client.ws_connect(path)
+    second = await client.ws_connect(path, headers=agent(2))
     assert (await next_state(second))["active_viewers"] == 2
     assert (await next_state(first, viewers(2)))["active_viewers"] == 2
 
@@ -70,8 +88,8 @@ async def test_connect_gets_counts_and_changes(client):
 async def test_counts_are_per_video(client):
     one, two = await new_video(client), await new_video(client)
     a = await client.ws_connect(f"/videos/{one}/active-viewers")
-    b = await client.ws_connect(f"/videos/{two}/active-viewers")
-    c = await client.ws_connect(f"/videos/{two}/active-viewers")
+    b = await client.ws_connect(f"/videos/{two}/active-viewers", headers=agent(1))
+    c = await client.ws_connect(f"/videos/{two}/active-viewers", headers=agent(2))
     assert (await next_state(c))["active_viewers"] == 2
     assert (await next_state(b, viewers(2)))["video_id"] == two
     assert await next_state(a) == {"video_id": one, "active_viewers": 1, "views": 0}
@@ -168,16 +186,16 @@ async def test_two_instances_on_one_redis_report_the_same_count(instance, http):
     video_id = await new_video(one)
     path = f"/videos/{video_id}/active-viewers"
 
-    a = await http.ws_connect(one.make_url(path))
+    a = await http.ws_connect(one.make_url(path), headers=agent(1))
     assert (await next_state(a))["active_viewers"] == 1
-    b = await http.ws_connect(two.make_url(path))
+    b = await http.ws_connect(two.make_url(path), headers=agent(2))
     assert (await next_state(b))["active_viewers"] == 2
     assert (await next_state(a, viewers(2)))["active_viewers"] == 2
 
     await b.close()
     assert (await next_state(a, viewers(1)))["active_viewers"] == 1
 
-    c = await http.ws_connect(two.make_url(path))
+    c = await http.ws_connect(two.make_url(path), headers=agent(3))
     assert (await next_state(c))["active_viewers"] == 2
     assert (await next_state(a, viewers(2)))["active_viewers"] == 2
     for ws in (a, c):
@@ -190,9 +208,9 @@ async def test_graceful_shutdown_says_goodbye(instance, http):
     one, two = await instance(presence_ttl=600), await instance(presence_ttl=600)
     video_id = await new_video(one)
     path = f"/videos/{video_id}/active-viewers"
-    a = await http.ws_connect(one.make_url(path))
-    b = await http.ws_connect(two.make_url(path))
-    c = await http.ws_connect(two.make_url(path))
+    a = await http.ws_connect(one.make_url(path), headers=agent(1))
+    b = await http.ws_connect(two.make_url(path), headers=agent(2))
+    c = await http.ws_connect(two.make_url(path), headers=agent(3))
     assert (await next_state(a, viewers(3)))["active_viewers"] == 3
 
     await two.close()
@@ -253,13 +271,13 @@ async def test_viewers_of_a_killed_instance_age_out(make_config, instance, http)
     video_id = await new_video(local)
     path = f"/videos/{video_id}/active-viewers"
     async with server_process(make_config(), PRESENCE_TTL=str(ttl)) as (proc, base):
-        doomed = await http.ws_connect(base + path)
+        doomed = await http.ws_connect(base + path, headers=agent(1))
         assert (await next_state(doomed))["active_viewers"] == 1
-        watcher = await http.ws_connect(local.make_url(path))
+        watcher = await http.ws_connect(local.make_url(path), headers=agent(2))
         assert (await next_state(watcher))["active_viewers"] == 2
         # Longer than the TTL: the live process's heartbeats keep its viewer.
         await asyncio.sleep(ttl * 1.5)
-        late = await http.ws_connect(local.make_url(path))
+        late = await http.ws_connect(local.make_url(path), headers=agent(3))
         assert (await next_state(late))["active_viewers"] == 3
         await late.close()
 
@@ -277,13 +295,13 @@ async def test_a_client_that_stops_answering_pings_is_dropped(aiohttp_client, ma
     client = await aiohttp_client(create_app(make_config(heartbeat=heartbeat)))
     video_id = await new_video(client)
     path = f"/videos/{video_id}/active-viewers"
-    watcher = await client.ws_connect(path)
+    watcher = await client.ws_connect(path, headers=agent(1))
     assert (await next_state(watcher))["active_viewers"] == 1
 
     # No automatic pong and nothing read: to the server this client is dead.
     async with aiohttp.ClientSession() as http:
         silent = await http.ws_connect(client.make_url(path), autoping=False,
-                                       heartbeat=None)
+                                       heartbeat=None, headers=agent(2))
         assert (await next_state(watcher, viewers(2)))["active_viewers"] == 2
         # aiohttp pings after `heartbeat` idle seconds and gives up heartbeat/2 later.
         await next_state(watcher, viewers(1), within=heartbeat * 1.5 + 3)
@@ -292,31 +310,33 @@ async def test_a_client_that_stops_answering_pings_is_dropped(aiohttp_client, ma
     # The answering client (it reads, so it pongs) is pinged just the same and stays.
     with contextlib.suppress(TimeoutError):
         await next_state(watcher, lambda _: False, within=heartbeat * 4)
-    late = await client.ws_connect(path)
+    late = await client.ws_connect(path, headers=agent(3))
     assert (await next_state(late))["active_viewers"] == 2
     await late.close()
     await watcher.close()
 
 
-async def test_a_burst_of_joins_is_coalesced(client, http):
+async def test_a_burst_of_joins_is_coalesced(aiohttp_client, make_config, http):
+    joiners = 150
+    client = await aiohttp_client(create_app(make_config(
+        presence_max_per_address=joiners + 1)))
     video_id = await new_video(client)
     path = f"/videos/{video_id}/active-viewers"
-    hub = client.server.app[PRESENCE_KEY]
-    observer = await client.ws_connect(path)
+    broadcaster = client.server.app[PRESENCE_KEY].broadcaster
+    observer = await client.ws_connect(path, headers=agent(0))
     assert (await next_state(observer))["active_viewers"] == 1
 
-    joiners = 150
     loop = asyncio.get_running_loop()
-    sent_before = hub.messages_sent
+    sent_before = broadcaster.messages_sent
     started = loop.time()
-    sockets = await asyncio.gather(*(http.ws_connect(client.make_url(path))
-                                     for _ in range(joiners)))
+    sockets = await asyncio.gather(*(http.ws_connect(client.make_url(path), headers=agent(i))
+                                     for i in range(1, joiners + 1)))
     seen = []
     async with asyncio.timeout(10):
         while not seen or seen[-1] != joiners + 1:
             seen.append((await next_state(observer))["active_viewers"])
     elapsed = loop.time() - started
-    sent = hub.messages_sent - sent_before
+    sent = broadcaster.messages_sent - sent_before
 
     # Without coalescing every join would reach every socket: ~joiners^2 / 2 sends.
     ticks = elapsed / TICK + 2
@@ -337,16 +357,24 @@ async def test_server_shutdown_closes_sockets_and_clears_redis(instance, http, r
 
     api = await instance(presence_ttl=600)
     video_id = await new_video(api)
-    ws = await http.ws_connect(api.make_url(f"/videos/{video_id}/active-viewers"))
-    await next_state(ws)
+    path = f"/videos/{video_id}/active-viewers"
+    sockets = [await http.ws_connect(api.make_url(path), headers=agent(i)) for i in (1, 1, 2)]
+    for ws in sockets:
+        await next_state(ws)
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         key = f"{redis_prefix}:presence:{video_id}"
-        assert await client.zcard(key) == 1
+        assert await client.zcard(key) == 2  # one member per viewer
+        assert await client.hlen(f"{key}:viewers") == 2
+        [address_key] = [k async for k in client.scan_iter(f"{redis_prefix}:presence:address:*")]
+        assert await client.zcard(address_key) == 3  # one place per socket
         await api.close()
-        closed = await closed_frame(ws)
-        assert closed.type is WSMsgType.CLOSE and closed.data == 1001
+        for ws in sockets:
+            closed = await closed_frame(ws)
+            assert closed.type is WSMsgType.CLOSE and closed.data == 1001
         assert await client.zcard(key) == 0
+        assert await client.hlen(f"{key}:viewers") == 0
+        assert await client.zcard(address_key) == 0
     finally:
         await client.aclose()
 
@@ -361,7 +389,7 @@ async def test_count_recovers_after_redis_forgets(client):
     await next_state(ws)
     redis_client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        await redis_client.delete(hub.set_key(video_id))
+        await redis_client.delete(hub.store.set_key(video_id))
         assert (await next_state(ws, viewers(0)))["active_viewers"] == 0
         await hub.refresh_members()
         assert (await next_state(ws, viewers(1)))["active_viewers"] == 1
@@ -403,15 +431,15 @@ async def test_a_backed_up_socket_is_skipped_not_waited_for():
         transport, _ = await loop.create_connection(asyncio.Protocol,
                                                     *listener.getsockname())
         try:
-            viewer = Viewer(1, web.WebSocketResponse(), transport)
+            conn = Connection(1, web.WebSocketResponse(), transport, viewer="a1", address="x")
             first = state_text(1, 1, 0)
-            assert viewer.deliver(first, text_frame(first))
-            assert viewer.sent == first
+            assert conn.deliver(first, text_frame(first))
+            assert conn.sent == first
             transport.write(b"\0" * (64 * 1024 * 1024))  # far more than the kernel takes
             assert transport.get_write_buffer_size() > 0
             second = state_text(1, 2, 0)
-            assert not viewer.deliver(second, text_frame(second))
-            assert viewer.sent == first
+            assert not conn.deliver(second, text_frame(second))
+            assert conn.sent == first
         finally:
             transport.abort()
 
@@ -420,12 +448,275 @@ async def test_counts_for_a_list_of_videos(instance, http):
     one, two = await instance(), await instance()
     first, second, unwatched = (await new_video(one), await new_video(one),
                                 await new_video(one))
-    sockets = [await http.ws_connect(one.make_url(f"/videos/{first}/active-viewers")),
-               await http.ws_connect(two.make_url(f"/videos/{first}/active-viewers")),
-               await http.ws_connect(two.make_url(f"/videos/{second}/active-viewers"))]
+    sockets = [await http.ws_connect(one.make_url(f"/videos/{first}/active-viewers"),
+                                     headers=agent(1)),
+               await http.ws_connect(two.make_url(f"/videos/{first}/active-viewers"),
+                                     headers=agent(2)),
+               await http.ws_connect(two.make_url(f"/videos/{second}/active-viewers"),
+                                     headers=agent(1))]
     for ws in sockets:
         await next_state(ws)
     hub = one.server.app[PRESENCE_KEY]
     assert await hub.counts([first, second, unwatched]) == {first: 2, second: 1, unwatched: 0}
     for ws in sockets:
         await ws.close()
+
+
+# --- distinct viewers ----------------------------------------------------------
+
+async def redis_count(redis_prefix: str, pattern: str, want: int) -> None:
+    """Wait until the sorted sets under `pattern` hold `want` members in all."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                total = 0
+                async for key in client.scan_iter(f"{redis_prefix}:{pattern}"):
+                    if await client.type(key) == b"zset":
+                        total += await client.zcard(key)
+                if total == want:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_tabs_of_one_viewer_count_once(client, redis_prefix):
+    """Fault 8: 2,000 sockets from one address were 2,001 watching. Five tabs of
+    one browser are one viewer, until the last of them closes."""
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    hub = client.server.app[PRESENCE_KEY]
+    observer = await client.ws_connect(path, headers=agent(0))
+    assert (await next_state(observer))["active_viewers"] == 1
+    tabs = [await client.ws_connect(path, headers=agent(1)) for _ in range(5)]
+    for ws in tabs:
+        assert (await next_state(ws))["active_viewers"] == 2
+    assert (await next_state(observer, viewers(2)))["active_viewers"] == 2
+    assert await hub.counts([video_id]) == {video_id: 2}
+
+    for ws in tabs[:4]:
+        await ws.close()
+    # The four have left (their places are free) and the viewer is still there.
+    await redis_count(redis_prefix, "presence:address:*", 2)
+    assert await hub.counts([video_id]) == {video_id: 2}
+    await tabs[4].close()
+    assert (await next_state(observer, viewers(1)))["active_viewers"] == 1
+    await observer.close()
+
+
+async def test_one_viewer_on_two_instances_counts_once(instance, http, redis_prefix):
+    one, two = await instance(), await instance()
+    video_id = await new_video(one)
+    path = f"/videos/{video_id}/active-viewers"
+    observer = await http.ws_connect(one.make_url(path), headers=agent(0))
+    here = await http.ws_connect(one.make_url(path), headers=agent(1))
+    there = await http.ws_connect(two.make_url(path), headers=agent(1))
+    assert (await next_state(there))["active_viewers"] == 2
+    assert (await next_state(observer, viewers(2)))["active_viewers"] == 2
+    assert await one.server.app[PRESENCE_KEY].counts([video_id]) == {video_id: 2}
+
+    await here.close()
+    await redis_count(redis_prefix, f"presence:{video_id}", 2)
+    assert await one.server.app[PRESENCE_KEY].counts([video_id]) == {video_id: 2}
+    await there.close()
+    assert (await next_state(observer, viewers(1)))["active_viewers"] == 1
+    await observer.close()
+
+
+async def test_signed_in_viewers_are_their_accounts(client):
+    """Two accounts in one browser are two viewers; one account in two browsers is one."""
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    first, second = await new_user_token(client), await new_user_token(client)
+    a = await client.ws_connect(path, headers={**agent(1), "Authorization": f"Bearer {first}"})
+    assert (await next_state(a))["active_viewers"] == 1
+    b = await client.ws_connect(path, headers={**agent(1), "Authorization": f"Bearer {second}"})
+    assert (await next_state(b))["active_viewers"] == 2
+    c = await client.ws_connect(path, headers={**agent(2), "Authorization": f"Bearer {first}"})
+    assert (await next_state(c))["active_viewers"] == 2
+    for ws in (a, b, c):
+        await ws.close()
+
+
+async def test_signing_in_on_the_socket_moves_the_viewer(client):
+    """After an `auth` message the socket counts as its account, not as its browser."""
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    first, second = await new_user_token(client), await new_user_token(client)
+    observer = await client.ws_connect(path, headers=agent(0))
+    a = await client.ws_connect(path, headers=agent(1))
+    b = await client.ws_connect(path, headers=agent(1))
+    assert (await next_state(b))["active_viewers"] == 2  # the observer and one browser
+
+    await a.send_json({"type": "auth", "token": first})
+    # The browser (still open in b) and the account (a).
+    assert (await next_state(observer, viewers(3)))["active_viewers"] == 3
+    await b.send_json({"type": "auth", "token": first})
+    # Both tabs are the account now; the anonymous browser is gone.
+    assert (await next_state(observer, viewers(2)))["active_viewers"] == 2
+    await b.send_json({"type": "auth", "token": second})
+    assert (await next_state(observer, viewers(3)))["active_viewers"] == 3
+    await a.close()
+    assert (await next_state(observer, viewers(2)))["active_viewers"] == 2
+    await b.close()
+    assert (await next_state(observer, viewers(1)))["active_viewers"] == 1
+    await observer.close()
+
+
+# --- sockets per address ---------------------------------------------------------
+
+async def refused(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Whether the server closed the socket for its address's cap, before any state."""
+    msg = await ws.receive(timeout=5)
+    if msg.type is WSMsgType.TEXT:
+        return False
+    assert msg.type is WSMsgType.CLOSE, msg
+    assert (msg.data, msg.extra) == (TOO_MANY, "too many connections from this address")
+    return True
+
+
+async def accepted_soon(connect: Callable[[], Any]) -> aiohttp.ClientWebSocketResponse:
+    """A socket opened once a place is free; the place frees as the server sees a close."""
+    async with asyncio.timeout(5):
+        while True:
+            ws = await connect()
+            if not await refused(ws):
+                return ws
+            await asyncio.sleep(0.05)
+
+
+async def test_sockets_per_address_are_capped(aiohttp_client, make_config):
+    client = await aiohttp_client(create_app(make_config(presence_max_per_address=3)))
+    video_id, other_video = await new_video(client), await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    hub = client.server.app[PRESENCE_KEY]
+    held = [await client.ws_connect(path, headers=agent(i)) for i in range(3)]
+    for ws in held:
+        await next_state(ws)
+
+    assert await refused(await client.ws_connect(path, headers=agent(3)))
+    # The cap is per address, whatever the video.
+    assert await refused(await client.ws_connect(f"/videos/{other_video}/active-viewers",
+                                                 headers=agent(4)))
+    assert await hub.counts([video_id, other_video]) == {video_id: 3, other_video: 0}
+
+    await held[0].close()
+    late = await accepted_soon(lambda: client.ws_connect(path, headers=agent(5)))
+    assert await hub.counts([video_id]) == {video_id: 3}
+    for ws in (*held[1:], late):
+        await ws.close()
+
+
+async def test_the_cap_holds_across_instances(instance, http):
+    one, two = await instance(presence_max_per_address=3), \
+        await instance(presence_max_per_address=3)
+    video_id = await new_video(one)
+    path = f"/videos/{video_id}/active-viewers"
+    held = [await http.ws_connect(one.make_url(path), headers=agent(1)),
+            await http.ws_connect(one.make_url(path), headers=agent(2)),
+            await http.ws_connect(two.make_url(path), headers=agent(3))]
+    for ws in held:
+        await next_state(ws)
+    assert await refused(await http.ws_connect(two.make_url(path), headers=agent(4)))
+    assert await refused(await http.ws_connect(one.make_url(path), headers=agent(5)))
+
+    await held[2].close()  # a place on `two` frees one on `one`
+    late = await accepted_soon(lambda: http.ws_connect(one.make_url(path), headers=agent(6)))
+    assert (await next_state(held[0], viewers(3)))["active_viewers"] == 3
+    for ws in (held[0], held[1], late):
+        await ws.close()
+
+
+# --- deleted videos ----------------------------------------------------------------
+
+async def test_deleting_a_video_closes_its_sockets_everywhere(instance, http, redis_prefix):
+    one, two = await instance(), await instance()
+    token = await new_user_token(one)
+    ids = []
+    for _ in range(2):
+        resp = await upload(one, token, fake_mp4(4096))
+        assert resp.status == 201, await resp.text()
+        ids.append((await resp.json())["id"])
+    doomed, kept = ids
+    path = f"/videos/{doomed}/active-viewers"
+    sockets = [await http.ws_connect(one.make_url(path), headers=agent(1)),
+               await http.ws_connect(two.make_url(path), headers=agent(2)),
+               await http.ws_connect(two.make_url(path), headers=agent(3))]
+    bystander = await http.ws_connect(two.make_url(f"/videos/{kept}/active-viewers"))
+    for ws in (*sockets, bystander):
+        await next_state(ws)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await one.delete(f"/videos/{doomed}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 204
+    for ws in sockets:
+        closed = await closed_frame(ws)
+        assert (closed.type, closed.data, closed.extra) == \
+            (WSMsgType.CLOSE, DELETED, "video deleted")
+    assert loop.time() - started < 2.5
+    await redis_count(redis_prefix, f"presence:{doomed}", 0)
+    # Sockets on other videos stay, and keep hearing.
+    assert not bystander.closed
+    await bystander.send_str("not json")
+    assert json.loads((await bystander.receive(timeout=5)).data)["error"]["code"] == \
+        "bad_message"
+    await bystander.close()
+
+
+# --- Redis outage ------------------------------------------------------------------
+
+async def test_a_redis_outage_refuses_joins_with_1013_and_heals(aiohttp_client, make_config,
+                                                                own_redis):
+    client = await aiohttp_client(create_app(make_config(redis_url=own_redis.url,
+                                                         presence_ttl=3.0)))
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    watcher = await client.ws_connect(path, headers=agent(1))
+    assert (await next_state(watcher))["active_viewers"] == 1
+
+    own_redis.stop()
+    ws = await client.ws_connect(path, headers=agent(2))
+    closed = await closed_frame(ws)
+    assert (closed.type, closed.data) == (WSMsgType.CLOSE, 1013)
+    assert not watcher.closed
+
+    own_redis.start()  # empty, as after a crash
+    async with asyncio.timeout(15):
+        while True:
+            late = await client.ws_connect(path, headers=agent(3))
+            msg = await late.receive()
+            if msg.type is WSMsgType.TEXT:
+                break
+            await asyncio.sleep(0.2)
+    # The heartbeat (every PRESENCE_TTL/3) puts the watcher back beside the newcomer.
+    assert (await next_state(watcher, viewers(2), within=10))["active_viewers"] == 2
+    await late.close()
+    await watcher.close()
+
+
+async def test_the_count_survives_redis_losing_the_tally(client):
+    """The per-viewer tally beside each video's set is rebuilt if lost on its own."""
+    import redis.asyncio as aioredis
+
+    video_id = await new_video(client)
+    path = f"/videos/{video_id}/active-viewers"
+    hub = client.server.app[PRESENCE_KEY]
+    observer = await client.ws_connect(path, headers=agent(0))
+    tabs = [await client.ws_connect(path, headers=agent(1)) for _ in range(2)]
+    for ws in tabs:
+        assert (await next_state(ws))["active_viewers"] == 2
+    assert (await next_state(observer, viewers(2)))["active_viewers"] == 2
+    redis_client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await redis_client.delete(hub.store.tally_key(video_id)) == 1
+    finally:
+        await redis_client.aclose()
+    assert await hub.counts([video_id]) == {video_id: 2}
+    for ws in tabs:
+        await ws.close()
+    assert (await next_state(observer, viewers(1)))["active_viewers"] == 1
+    await observer.close()

@@ -14,7 +14,6 @@ from server.core.ids import parse_video_id
 from server.delivery.files import VideoFileCache, video_file
 from server.delivery.handler import FILES_KEY, plain_span
 from server.delivery.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
-from server.delivery.sendfile import SharedFile
 
 from .conftest import fake_mp4, new_user_token, upload
 
@@ -75,22 +74,6 @@ def test_unlinked_file_counts_as_gone_after_recheck(tmp_path):
     path.unlink()  # deleted while this process missed the eviction
     with pytest.raises(FileNotFoundError):
         cache.open(1, _video(path))
-
-
-def test_shared_file_keeps_its_own_position(tmp_path):
-    path = tmp_path / "v.mp4"
-    path.write_bytes(bytes(range(100)))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        a, b = SharedFile(fd), SharedFile(fd)
-        a.seek(10)
-        b.seek(50)
-        buf = bytearray(3)
-        assert a.readinto(buf) == 3 and bytes(buf) == bytes([10, 11, 12])
-        assert b.readinto(buf) == 3 and bytes(buf) == bytes([50, 51, 52])
-        assert a.tell() == 13
-    finally:
-        os.close(fd)
 
 
 async def test_file_deleted_behind_the_cache_is_404(client, api_error, config):
@@ -198,16 +181,6 @@ async def test_http10_keep_alive_takes_the_general_path(client):
             assert headers["Connection"].lower() == "keep-alive"
     finally:
         writer.close()
-
-
-
-async def test_direct_response_is_in_the_access_log(client, caplog):
-    caplog.set_level(logging.INFO, logger="aiohttp.access")  # before the connection opens
-    _, url, _ = await _uploaded(client)
-    resp = await client.get(url, headers={"Range": "bytes=10-19"})
-    assert resp.status == 206 and len(await resp.read()) == 10
-    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
-    assert any(f'"GET {url} HTTP/1.1" 206 10 ' in line for line in lines), lines
 
 
 @pytest.mark.parametrize("extra", [

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import bcrypt
 import psycopg2
 from aiohttp import web
 
 from server.core.db import fetch_one
 from server.core.errors import ApiError
-from server.core.keys import CONFIG_KEY, DB_KEY
+from server.core.keys import CONFIG_KEY, DB_KEY, REDIS_KEY
+from server.core.keyspace import Keyspace
+from server.core.ratelimit import RateLimiter
 from server.core.validation import (
     check_password,
     invalid,
@@ -23,6 +23,8 @@ from server.core.validation import (
 )
 
 from .auth import UNAUTHORIZED, authenticated_user
+from .passwords import PasswordHasher, Saturated
+from .throttle import AuthThrottle
 from .tokens import (
     hash_refresh_token,
     issue_access_token,
@@ -30,7 +32,9 @@ from .tokens import (
 )
 
 routes = web.RouteTableDef()
-DUMMY_HASH_KEY = web.AppKey("dummy_password_hash", bytes)
+HASHER_KEY = web.AppKey("password_hasher", PasswordHasher)
+THROTTLE_KEY = web.AppKey("auth_throttle", AuthThrottle)
+
 
 def user_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -39,16 +43,6 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
         "name": row["name"],
         "created_at": row["created_at"].isoformat(),
     }
-
-
-async def _hash_password(rounds: int, password: bytes) -> bytes:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, bcrypt.hashpw, password, bcrypt.gensalt(rounds))
-
-
-async def _check_password(password: bytes, hashed: bytes) -> bool:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, bcrypt.checkpw, password, hashed)
 
 
 async def _issue_pair(request: web.Request, cur: Any, user_id: int,
@@ -79,11 +73,15 @@ async def register(request: web.Request) -> web.Response:
     name = string_field(body, "name", required=False, max_len=50).strip()
     if not name:
         name = email.split("@", 1)[0][:50]
-    hashed = await _hash_password(request.app[CONFIG_KEY].bcrypt_rounds, password)
-    async with request.app[DB_KEY].cursor() as cur:
-        row = await fetch_one(cur, request.app[DB_KEY].queries["insert_user"], {
-            "email": email, "name": name, "password_hash": hashed.decode("ascii"),
-        })
+    hit = await request.app[THROTTLE_KEY].register(request)
+    try:
+        hashed = await request.app[HASHER_KEY].hash(password)
+    except Saturated:
+        await request.app[THROTTLE_KEY].forget(hit)
+        raise
+    row = await request.app[DB_KEY].one("insert_user", {
+        "email": email, "name": name, "password_hash": hashed.decode("ascii"),
+    })
     if row is None:
         raise ApiError(409, "email_taken", "An account with this email already exists")
     return web.json_response(user_json(row), status=201)
@@ -94,17 +92,23 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     email = string_field(body, "email", max_len=254).strip()
     password = string_field(body, "password", max_len=1024).encode("utf-8", "replace")
-    async with request.app[DB_KEY].cursor() as cur:
-        row = await fetch_one(cur, request.app[DB_KEY].queries["user_by_email"],
-                                 {"email": email})
-        # An unknown email still pays for one bcrypt check, so timing does not
-        # tell which emails have accounts.
-        hashed = row["password_hash"].encode("ascii") if row else request.app[DUMMY_HASH_KEY]
-        ok = len(password) <= 72 and await _check_password(password[:72], hashed)
-        if row is None or not ok:
-            raise ApiError(401, "invalid_credentials", "Email or password is incorrect")
-        async with cur.begin():
-            pair = await _issue_pair(request, cur, row["id"], uuid.uuid4())
+    throttle = request.app[THROTTLE_KEY]
+    attempt = await throttle.login(request, email)
+    db = request.app[DB_KEY]
+    # The connection goes back to the pool before bcrypt runs: a login flood must
+    # not hold the connections every other request needs.
+    row = await db.one("user_by_email", {"email": email})
+    hashed = row["password_hash"].encode("ascii") if row else None
+    try:
+        ok = await request.app[HASHER_KEY].check(password, hashed)
+    except Saturated:
+        await throttle.forget(attempt.hit)
+        raise
+    if row is None or not ok:
+        raise ApiError(401, "invalid_credentials", "Email or password is incorrect")
+    await throttle.login_succeeded(attempt)
+    async with db.cursor() as cur, cur.begin():
+        pair = await _issue_pair(request, cur, row["id"], uuid.uuid4())
     return web.json_response(pair)
 
 
@@ -153,13 +157,21 @@ async def me(request: web.Request) -> web.Response:
     return web.json_response(user_json(row))
 
 
-async def dummy_hash_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[DUMMY_HASH_KEY] = await _hash_password(
-        app[CONFIG_KEY].bcrypt_rounds, b"timing-equaliser-password"
-    )
-    yield
+async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    hasher = PasswordHasher(config.bcrypt_rounds, config.bcrypt_concurrency,
+                            config.bcrypt_max_waiting)
+    try:
+        await hasher.start()
+        app[HASHER_KEY] = hasher
+        limiter = RateLimiter(app[REDIS_KEY], Keyspace(config.redis_prefix))
+        app[THROTTLE_KEY] = AuthThrottle(limiter, config)
+        yield
+    finally:
+        hasher.close()
 
 
 def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(dummy_hash_ctx)
+    """Needs the Redis client: set up after redis_ctx is registered."""
+    app.cleanup_ctx.append(accounts_ctx)
     app.add_routes(routes)

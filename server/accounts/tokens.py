@@ -8,6 +8,8 @@ import time
 
 import jwt
 
+from server.core.ids import parse_id
+
 
 class TokenError(Exception):
     """The token is missing, malformed, expired, tampered with or of the wrong kind."""
@@ -36,10 +38,11 @@ def read_access_token(token: str, secret: str, algorithm: str) -> int:
         raise TokenError(str(exc)) from None
     if claims.get("typ") != "access":
         raise TokenError("not an access token")
-    sub = claims["sub"]
-    if not isinstance(sub, str) or not sub.isdigit():
+    # One spelling only: str.isdigit() also takes "²" (int() fails) and "١" (int() reads 1).
+    user_id = parse_id(claims["sub"]) if isinstance(claims["sub"], str) else None
+    if user_id is None:
         raise TokenError("malformed subject")
-    return int(sub)
+    return user_id
 
 
 def bearer_token(header: str | None) -> str | None:

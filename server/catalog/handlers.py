@@ -9,9 +9,10 @@ from aiohttp import web
 
 from server.accounts.auth import authenticated_user
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, VIEW_TOTALS_KEY
+from server.core.loops import run_every, stop
 from server.core.validation import positive_int
 
-from .records import Catalog, video_json
+from .records import ORPHAN_SWEEP_EVERY, Catalog, video_json
 
 CATALOG_KEY: web.AppKey[Catalog] = web.AppKey("catalog")
 routes = web.RouteTableDef()
@@ -51,8 +52,14 @@ async def delete_video(request: web.Request) -> web.Response:
 
 
 async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[CATALOG_KEY] = Catalog(app[DB_KEY], app[CHANGES_KEY], app[CONFIG_KEY].storage_dir)
-    yield
+    catalog = Catalog(app[DB_KEY], app[CHANGES_KEY], app[CONFIG_KEY].storage_dir)
+    app[CATALOG_KEY] = catalog
+    # The first sweep runs at start-up: it finds what a crash left behind.
+    sweep = run_every(ORPHAN_SWEEP_EVERY, catalog.sweep_orphans, "orphan-sweep")
+    try:
+        yield
+    finally:
+        await stop(sweep)
 
 
 def setup(app: web.Application) -> None:

@@ -1,16 +1,31 @@
-"""Video records: read, list and delete, and their JSON form."""
+"""Video records: read, list, create and delete, their stored files, and their JSON form."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from server.core.changes import ChangeFeed
-from server.core.db import Database
+from server.core.db import Database, Statements
 from server.core.errors import Forbidden, NotFound
 from server.core.ids import parse_video_id
-from server.core.storage import storage_path, unlink
+from server.core.storage import settled_keys, storage_path, unlink
+
+log = logging.getLogger(__name__)
+
+# A stored file no row names is removed once it has been left alone this long.
+# An upload moves its file into place inside the transaction that inserts the
+# row, moments before the commit; a file that young may belong to one.
+ORPHAN_MIN_AGE = 3600.0
+ORPHAN_SWEEP_EVERY = 3600.0
+SWEEP_BATCH = 1000
 
 
 class VideoNotFound(NotFound):
@@ -34,6 +49,42 @@ def video_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[Statements]:
+    """A cursor inside one transaction, committed when the block ends, rolled back if it raises.
+
+    Plain BEGIN/COMMIT rather than aiopg's Transaction, which treats a COMMIT
+    lost with its connection as a transaction never closed. A failed COMMIT
+    raises from here.
+    """
+    async with db.cursor() as cur:
+        await cur.execute("BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            await _rollback(cur)
+            raise
+        await cur.execute("COMMIT")
+
+
+async def _rollback(cur: Statements) -> None:
+    # The server drops the transaction of a connection that died.
+    if cur.connection.closed:
+        return
+    try:
+        await cur.execute("ROLLBACK")
+    except (psycopg2.Error, OSError, TimeoutError):
+        cur.connection.close()  # the pool discards a closed connection
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a failed statement certainly had no effect: the server answered with an error.
+
+    A lost connection, a timeout or a cancellation leave no such answer.
+    """
+    return isinstance(exc, psycopg2.Error) and exc.pgcode is not None
+
+
 class Catalog:
     """The video rows, and the change announcements that go with writing them."""
 
@@ -54,16 +105,17 @@ class Catalog:
         return await self._db.all("list_videos", {"before": before, "limit": limit})
 
     async def delete(self, raw_id: str, user_id: int) -> None:
-        """Delete the row and announce it in one transaction, then remove the file.
+        """Delete the row and record the change in one transaction, then remove the file.
 
-        A file left behind by a crash between the two has no row, and the
-        start-up sweep of orphaned files removes it.
+        Once the row is gone the delete has happened, whatever becomes of the
+        file: a file that cannot be removed now, or that a crash right after the
+        commit leaves behind, has no row, and the orphan sweep removes it.
         """
         video_id = parse_video_id(raw_id)
         if video_id is None:
             raise VideoNotFound()
         queries = self._db.queries
-        async with self._db.cursor() as cur, cur.begin():
+        async with transaction(self._db) as cur:
             await cur.execute(queries["lock_video_author"], {"id": video_id})
             owner = await cur.fetchone()
             if owner is None:
@@ -72,22 +124,67 @@ class Catalog:
                 raise Forbidden("Only the author can delete this video")
             await cur.execute(queries["delete_video"], {"id": video_id})
             deleted = await cur.fetchone()
-            await self._changes.record(cur, video_id, "deleted")
-        self._changes.applied(video_id)
-        await unlink(storage_path(self._storage_dir, deleted["storage_key"]))
+            seq = await self._changes.record(cur, video_id, "deleted")
+        self._changes.applied(video_id, seq)
+        try:
+            await unlink(storage_path(self._storage_dir, deleted["storage_key"]))
+        except OSError as exc:
+            log.warning("file of deleted video %d not removed (%s); the orphan sweep "
+                        "will remove it", video_id, exc)
 
-    async def create(self, values: dict[str, Any],
-                     place_file: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
-        """Insert a video row, and put its file in place inside the same transaction.
+    async def create(self, values: dict[str, Any], staged: Path) -> dict[str, Any]:
+        """Insert a video row and move its staged file into place, in one transaction.
 
-        If the commit fails the caller removes the file: a row never names a
-        missing file, and no file outlives a failed insert.
+        `values["storage_key"]` names the file's place. If anything fails before
+        the commit, or the server refuses the commit, the file is removed again:
+        no row, no file, and a retry starts afresh. If the commit's answer is
+        lost, nobody knows whether it happened; the file stays, and the orphan
+        sweep removes it if no row names it. Removing the staged file on
+        failure is the caller's job.
         """
+        target = storage_path(self._storage_dir, values["storage_key"])
         queries = self._db.queries
-        async with self._db.cursor() as cur, cur.begin():
-            await cur.execute(queries["insert_video"], values)
-            row = dict(await cur.fetchone())
-            await self._changes.record(cur, row["id"], "created")
-            await place_file(values["storage_key"])
-        self._changes.applied(row["id"])
+        committing = False
+        try:
+            async with transaction(self._db) as cur:
+                await cur.execute(queries["insert_video"], values)
+                row = dict(await cur.fetchone())
+                await asyncio.to_thread(os.replace, staged, target)
+                seq = await self._changes.record(cur, row["id"], "created")
+                committing = True
+        except BaseException as exc:
+            if committing and not refused(exc):
+                log.warning("commit of video %d may not have happened; its file is left "
+                            "for the orphan sweep", row["id"])
+            else:
+                await unlink(target)
+            raise
+        self._changes.applied(row["id"], seq)
         return row
+
+    async def sweep_orphans(self, min_age: float | None = None) -> int:
+        """Remove stored files that no video row names; the number removed.
+
+        Only files left alone for `min_age` seconds (ORPHAN_MIN_AGE by default)
+        are candidates, so a file moved into place by an upload whose
+        transaction has not committed yet is never touched.
+        """
+        age = ORPHAN_MIN_AGE if min_age is None else min_age
+        keys = await asyncio.to_thread(settled_keys, self._storage_dir, age)
+        removed = 0
+        for start in range(0, len(keys), SWEEP_BATCH):
+            chunk = keys[start:start + SWEEP_BATCH]
+            named = {r["storage_key"] for r in await self._db.all("stored_keys",
+                                                                   {"keys": chunk})}
+            for key in chunk:
+                if key in named:
+                    continue
+                try:
+                    await unlink(storage_path(self._storage_dir, key))
+                except OSError as exc:
+                    log.warning("orphaned file %s not removed: %s", key, exc)
+                    continue
+                removed += 1
+        if removed:
+            log.info("removed %d stored files that no video names", removed)
+        return removed

@@ -9,6 +9,13 @@ counter, presence). Redis plays no part, so a change made while Redis is down
 still reaches every process, and a notification lost with a broken connection
 is found by the next read after it reconnects. The process that made a change
 also applies it at once (`applied`), without waiting for its own read.
+
+Reading "past the last seq seen" is only sound if rows become visible in seq
+order; `record` takes a transaction-scoped advisory lock before the row takes
+its seq, so the writers of change rows commit one after another. Old rows are
+pruned from the front of the log and the newest row is always kept, so a
+process back from a long outage can tell that rows it never read are gone and
+then forgets everything it cached.
 """
 
 from __future__ import annotations
@@ -24,15 +31,22 @@ import aiopg
 import psycopg2
 
 from .db import Queries, Statements
-from .loops import raise_if_cancelled
+from .loops import raise_if_cancelled, stop
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "tubelet_video_changes"
 POLL = 1.0
-RECONNECT_MAX = 5.0
+RECONNECT_MIN = 0.1
+# A stream of a deleted video must stop within a second or two of the link coming back.
+RECONNECT_MAX = 2.0
 PRUNE_EVERY = 3600.0
 KEEP_HOURS = 24
+# The LIMIT of video_changes_since.
+READ_BATCH = 1000
+
+# Failures of the link, not of this code: one warning line, then quiet retries.
+LINK_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 # Called with a video id, or None when changes may have been missed and every
 # cached video must be forgotten.
@@ -48,6 +62,8 @@ class ChangeFeed:
         self._connect_timeout = connect_timeout
         self._subscribers: list[Subscriber] = []
         self._seq = 0
+        # Changes this process applied itself and the feed has not read yet.
+        self._own: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self.connected = False
@@ -56,13 +72,25 @@ class ChangeFeed:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
-    async def record(self, cur: Statements, video_id: int, kind: str) -> None:
-        """Record a change inside the caller's transaction; it is announced on commit."""
+    async def record(self, cur: Statements, video_id: int, kind: str) -> int:
+        """Record a change inside the caller's transaction; its seq, for `applied`.
+
+        The change is announced on commit. Call this last in the transaction:
+        it serialises every writer of changes until commit.
+        """
         await cur.execute(self._queries["record_video_change"],
                           {"video_id": video_id, "kind": kind})
+        row = await cur.fetchone()
+        return int(row[0] if isinstance(row, tuple | list) else row["seq"])
 
-    def applied(self, video_id: int) -> None:
-        """Tell this process's subscribers now, after the recording transaction committed."""
+    def applied(self, video_id: int, seq: int) -> None:
+        """Tell this process's subscribers now, after the recording transaction committed.
+
+        The feed then skips the change when it reads it: a second eviction
+        could throw away what a request cached since the first.
+        """
+        if seq > self._seq:
+            self._own.add(seq)
         self._dispatch(video_id)
 
     async def start(self) -> None:
@@ -76,10 +104,8 @@ class ChangeFeed:
         self._task = asyncio.create_task(self._run(), name="video-changes")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
+        self._task = None
 
     def _dispatch(self, video_id: int | None) -> None:
         for subscriber in self._subscribers:
@@ -89,17 +115,23 @@ class ChangeFeed:
                 log.exception("video change subscriber failed")
 
     async def _run(self) -> None:
-        delay = 0.1
+        delay = RECONNECT_MIN
         while True:
             raise_if_cancelled()
             try:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (psycopg2.Error, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                # Whatever went wrong, the loop must go on: a feed that stops
+                # leaves every cache of this process stale for good.
                 if self.connected or not self._failing:
-                    log.warning("video change feed lost (%s); reconnecting", _first_line(exc))
-                    delay = 0.1
+                    if isinstance(exc, LINK_ERRORS):
+                        log.warning("video change feed lost (%s); reconnecting",
+                                    _first_line(exc))
+                    else:
+                        log.exception("video change feed failed; reconnecting")
+                    delay = RECONNECT_MIN
                 self.connected = False
                 self._failing = True
                 await asyncio.sleep(delay)
@@ -112,7 +144,7 @@ class ChangeFeed:
             async with conn.cursor() as cur:
                 await cur.execute(f"LISTEN {CHANNEL}")
                 if self._failing:
-                    await self._check_gap(cur)
+                    await self._catch_up(cur)
                     log.warning("video change feed recovered")
                     self._failing = False
                 self.connected = True
@@ -134,17 +166,32 @@ class ChangeFeed:
             rows = await cur.fetchall()
             for seq, video_id, _kind in rows:
                 self._seq = seq
-                self._dispatch(video_id)
-            if len(rows) < 1000:
+                if seq in self._own:
+                    self._own.discard(seq)
+                else:
+                    self._dispatch(video_id)
+            if self._own:
+                # Rows pruned before this process read them are never read.
+                self._own = {seq for seq in self._own if seq > self._seq}
+            if len(rows) < READ_BATCH:
                 return
 
-    async def _check_gap(self, cur: Any) -> None:
-        """After an outage: if rows we never read were pruned, forget everything."""
+    async def _catch_up(self, cur: Any) -> None:
+        """After an outage: read what was missed; if some of it was pruned, forget everything.
+
+        The oldest row is read after the missed ones, so a prune in between can
+        only make this forget more than it had to, never less.
+        """
+        last_seen = self._seq
+        await self._read(cur)
         await cur.execute(self._queries["oldest_video_change"])
         row = await cur.fetchone()
         oldest = row[0] if row else None
-        if oldest is not None and oldest > self._seq + 1:
-            log.warning("video changes were missed while disconnected; dropping caches")
+        # Sequence numbers of rolled-back writes leave holes too; forgetting
+        # everything for one of those costs a few cache misses.
+        if oldest is not None and oldest > last_seen + 1:
+            log.warning("video changes were pruned before this process read them; "
+                        "dropping caches")
             self._dispatch(None)
 
     async def _maybe_prune(self, cur: Any) -> None:

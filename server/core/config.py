@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,70 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ConfigError(ValueError):
     """An environment variable holds a value the server cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: the Config field it sets and what it means."""
+
+    name: str
+    field: str
+    meaning: str
+    # Shown by --help instead of the field's own default.
+    default: str | None = None
+
+
+# Every variable the server reads, in the order `python -m server --help` lists
+# them; from_env cannot read a variable missing here.
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable("HOST", "host", "address to listen on"),
+    Variable("PORT", "port", "port to listen on"),
+    Variable("WORKERS", "workers", "processes sharing the port (SO_REUSEPORT)"),
+    Variable("DATABASE_URL", "database_url", "PostgreSQL"),
+    Variable("REDIS_URL", "redis_url", "Redis"),
+    Variable("REDIS_PREFIX", "redis_prefix", "namespace of every Redis key and channel"),
+    Variable("STORAGE_DIR", "storage_dir", "where uploaded files live"),
+    Variable("JWT_SECRET", "jwt_secret", "HMAC key for access tokens, at least 32 bytes",
+             "random per start, with a warning (kept in .data/ under make run)"),
+    Variable("JWT_ALGORITHM", "jwt_algorithm", "the only algorithm accepted (HS256/384/512)"),
+    Variable("ACCESS_TOKEN_TTL", "access_token_ttl", "access token lifetime, seconds"),
+    Variable("REFRESH_TOKEN_TTL", "refresh_token_ttl", "refresh token lifetime, seconds"),
+    Variable("BCRYPT_ROUNDS", "bcrypt_rounds", "bcrypt cost"),
+    Variable("BCRYPT_CONCURRENCY", "bcrypt_concurrency", "passwords hashed at once"),
+    Variable("BCRYPT_MAX_WAITING", "bcrypt_max_waiting",
+             "password checks that may wait for a hashing slot; more get 503"),
+    Variable("AUTH_RATE_LIMIT", "auth_rate_limit",
+             "login and register attempts per address (and per account) per window"),
+    Variable("AUTH_RATE_WINDOW", "auth_rate_window", "that window, seconds"),
+    Variable("MAX_UPLOAD_BYTES", "max_upload_bytes", "largest accepted video file"),
+    Variable("STREAM_CACHE_SECONDS", "stream_cache_seconds", "max-age sent with media"),
+    Variable("ALLOWED_ORIGINS", "allowed_origins",
+             "comma-separated origins besides our own that may open the viewer socket "
+             "and post progress; * allows any", "empty"),
+    Variable("TRUSTED_PROXIES", "trusted_proxies",
+             "comma-separated addresses or CIDRs whose X-Forwarded-For is believed", "empty"),
+    Variable("VIEW_MIN_WATCH", "view_min_watch",
+             "seconds of playback that make a view (half the duration if shorter)"),
+    Variable("VIEW_WINDOW", "view_window", "seconds in which one viewer adds one view"),
+    Variable("VIEW_IP_LIMIT", "view_ip_limit", "views one address may add per hour"),
+    Variable("VIEW_FLUSH_INTERVAL", "view_flush_interval",
+             "seconds between flushes of counted views to PostgreSQL"),
+    Variable("PRESENCE_TTL", "presence_ttl",
+             "seconds a viewer of a vanished process still counts"),
+    Variable("PRESENCE_MAX_PER_ADDRESS", "presence_max_per_address",
+             "viewer sockets one address may hold open"),
+    Variable("HEARTBEAT", "heartbeat", "WebSocket ping interval, seconds"),
+    Variable("DB_POOL_SIZE", "db_pool_size", "PostgreSQL connections per process"),
+    Variable("DB_TIMEOUT", "db_timeout",
+             "seconds to wait for a PostgreSQL connection or statement before a 503"),
+    Variable("HEADER_TIMEOUT", "header_timeout",
+             "seconds a client has to send a request's headers"),
+    Variable("LOG_LEVEL", "log_level", "logging level"),
+    Variable("ACCESS_LOG", "access_log", "0 turns the access log off", "1"),
+    Variable("TUBELET_DEV", "dev_mode",
+             "1 marks a development run; python -m server.dev sets it", "0"),
+)
+_DECLARED = frozenset(variable.name for variable in ENVIRONMENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +112,7 @@ class Config:
     db_pool_size: int = 10
     db_timeout: float = 5.0
     bcrypt_concurrency: int = 2
+    bcrypt_max_waiting: int = 32
     auth_rate_limit: int = 10
     auth_rate_window: int = 60
     presence_max_per_address: int = 32
@@ -56,7 +121,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        env = os.environ if env is None else env
+        env = _Declared(os.environ if env is None else env)
         base = cls()
         secret = env.get("JWT_SECRET") or base.jwt_secret
         if len(secret.encode()) < 32:
@@ -97,12 +162,33 @@ class Config:
             db_timeout=_float(env, "DB_TIMEOUT", base.db_timeout, low=0.1),
             bcrypt_concurrency=_int(env, "BCRYPT_CONCURRENCY", base.bcrypt_concurrency,
                                     low=1, high=256),
+            bcrypt_max_waiting=_int(env, "BCRYPT_MAX_WAITING", base.bcrypt_max_waiting,
+                                    low=0, high=100_000),
             auth_rate_limit=_int(env, "AUTH_RATE_LIMIT", base.auth_rate_limit, low=1),
             auth_rate_window=_int(env, "AUTH_RATE_WINDOW", base.auth_rate_window, low=1),
             presence_max_per_address=_int(env, "PRESENCE_MAX_PER_ADDRESS",
                                           base.presence_max_per_address, low=1),
             header_timeout=_float(env, "HEADER_TIMEOUT", base.header_timeout, low=0.1),
+            dev_mode=env.get("TUBELET_DEV", "0").strip().lower() in {"1", "true", "yes"},
         )
+
+
+class _Declared(Mapping[str, str]):
+    """The environment as from_env sees it: reading an undescribed variable is a bug."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, name: str) -> str:
+        if name not in _DECLARED:
+            raise RuntimeError(f"{name} is read but missing from config.ENVIRONMENT")
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._env if name in _DECLARED)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiopg
+import psycopg2
 import psycopg2.extras
 from aiohttp import web
 
@@ -26,6 +28,11 @@ MIGRATION_RE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 # Arbitrary constant identifying the migration lock among advisory locks.
 MIGRATION_LOCK_ID = 0x7475_6265
+# A migration may rewrite a table, and a second starter waits for the first's lock.
+MIGRATION_TIMEOUT = 600.0
+# A connection that raised one of these may be dead; named reads retry once.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+COMMENT_RE = re.compile(r"^\s*--[^\n]*\n", re.MULTILINE)
 
 
 class Queries(Mapping[str, str]):
@@ -78,14 +85,19 @@ def migration_files(directory: Path = SQL_DIR) -> list[tuple[int, Path]]:
     return found
 
 
-async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[int]:
+async def migrate(dsn: str, directory: Path = SQL_DIR, *,
+                  connect_timeout: float = 5.0) -> list[int]:
     """Apply pending migrations, each in its own transaction.
 
     A session advisory lock serialises concurrent starters: the second waits,
-    then finds nothing left to apply.
+    then finds nothing left to apply. Reaching the server is bounded by
+    `connect_timeout`, so a start against a silent network fails instead of
+    hanging; the statements themselves may take up to MIGRATION_TIMEOUT.
     """
     applied: list[int] = []
-    async with aiopg.connect(dsn) as conn, conn.cursor() as cur:
+    async with asyncio.timeout(connect_timeout):
+        conn = await aiopg.connect(dsn, timeout=connect_timeout)
+    async with conn, conn.cursor(timeout=MIGRATION_TIMEOUT) as cur:
         await cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
             await cur.execute(
@@ -116,7 +128,16 @@ class Database:
     """The pool and the named queries: a short-lived cursor per unit of work.
 
     Nothing slow may run while a cursor is open; a connection is held only for
-    the statements themselves.
+    the statements themselves. Taking a connection and each statement are
+    bounded by the pool's timeout (DB_TIMEOUT), so an unreachable server costs
+    a request at most that long before it is answered 503.
+
+    Connections whose socket ends (a restarted server, a reset link) are closed
+    by aiopg as soon as the event loop sees it and never handed out again. One
+    taken before that happened, or found dead only when used, fails its
+    statement: `one` and `all` then run their read once more on a fresh
+    connection, so the first read after an outage does not fail for nothing.
+    Writes are never repeated, since a lost answer may hide a commit.
     """
 
     def __init__(self, pool: aiopg.Pool, queries: Queries) -> None:
@@ -132,21 +153,48 @@ class Database:
             yield cur
 
     async def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
-        async with self.cursor() as cur:
-            return await fetch_one(cur, self.queries[name], params)
+        """The first row of a named read, or None."""
+        rows = await self._read(name, params, limit_one=True)
+        return rows[0] if rows else None
 
     async def all(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
-        async with self.cursor() as cur:
-            return await fetch_all(cur, self.queries[name], params)
+        """Every row of a named read."""
+        return await self._read(name, params, limit_one=False)
 
     async def execute(self, name: str, params: Params = ()) -> None:
         async with self.cursor() as cur:
             await cur.execute(self.queries[name], params)
 
+    async def _read(self, name: str, params: Params, *,
+                    limit_one: bool) -> list[dict[str, Any]]:
+        sql = self.queries[name]
+        retry = is_read(sql)
+        while True:
+            cur: Statements | None = None
+            try:
+                async with self.cursor() as cur:
+                    if limit_one:
+                        row = await fetch_one(cur, sql, params)
+                        return [] if row is None else [row]
+                    return await fetch_all(cur, sql, params)
+            except CONNECTION_ERRORS:
+                # Only a connection that died under the statement is worth a
+                # second try; a refused connect would only be refused again.
+                if not retry or cur is None or not cur.connection.closed:
+                    raise
+                retry = False
+                log.info("database connection was dead; reading %s again", name)
+
+
+def is_read(sql: str) -> bool:
+    """Whether a statement only reads, so running it twice is harmless."""
+    words = COMMENT_RE.sub("", sql).split(None, 1)
+    return bool(words) and words[0].upper() == "SELECT" and "FOR UPDATE" not in sql.upper()
+
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    await migrate(config.database_url)
+    await migrate(config.database_url, connect_timeout=config.db_timeout)
     pool = await aiopg.create_pool(config.database_url, minsize=1, maxsize=config.db_pool_size,
                                    timeout=config.db_timeout)
     app[DB_KEY] = Database(pool, Queries.load())

@@ -39,6 +39,5 @@ CHANGES_KEY: web.AppKey[ChangeFeed] = web.AppKey("changes")
 VIEW_TOTALS_KEY: web.AppKey[ViewTotals] = web.AppKey("view_totals")
 LIVE_COUNTS_KEY: web.AppKey[LiveCounts] = web.AppKey("live_counts")
 # Renders an error page for browser routes; absent means JSON everywhere.
-HTML_ERRORS_KEY = web.AppKey(
-    "html_errors", Callable[[web.Request, int, str], Awaitable[web.StreamResponse | None]]
-)
+HtmlErrors = Callable[[web.Request, int, str], Awaitable[web.StreamResponse | None]]
+HTML_ERRORS_KEY: web.AppKey[HtmlErrors] = web.AppKey("html_errors")

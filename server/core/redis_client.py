@@ -106,10 +106,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # A blocking pool makes a burst of commands wait for a connection instead of
     # failing with "Too many connections".
     pool = redis.BlockingConnectionPool.from_url(
-        config.redis_url, max_connections=64, timeout=10, health_check_interval=30
+        config.redis_url, max_connections=64, timeout=10, health_check_interval=30,
+        socket_connect_timeout=config.db_timeout,
     )
     client = redis.Redis(connection_pool=pool)
-    await client.ping()
+    # A Redis that accepts connections but never answers must not hang start-up.
+    async with asyncio.timeout(config.db_timeout):
+        await client.ping()
     app[REDIS_KEY] = client
     app[BUS_KEY] = Bus(client, config.redis_prefix)
     try:

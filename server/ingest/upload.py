@@ -20,7 +20,8 @@ from server.catalog.handlers import CATALOG_KEY
 from server.catalog.records import video_json
 from server.core.errors import ApiError
 from server.core.keys import CONFIG_KEY
-from server.core.storage import storage_path, unlink
+from server.core.loops import run_every, stop
+from server.core.storage import new_storage_key, unlink
 from server.core.validation import invalid
 
 from .media import SNIFF_BYTES, probe_duration, sniff_container
@@ -33,6 +34,7 @@ TEXT_FIELD_LIMIT = 64 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024
 TEMP_PREFIX = ".upload-"
 STALE_TEMP_SECONDS = 24 * 3600
+STALE_TEMP_SWEEP_EVERY = 3600.0
 MAX_TITLE = 200
 MAX_DESCRIPTION = 5000
 
@@ -164,29 +166,18 @@ async def upload(request: web.Request) -> web.Response:
         raise _too_large(config.max_upload_bytes)
 
     fields, staged = await _read_upload(request)
-    final_path: Path | None = None
     try:
         title, description = _check_fields(fields)
         duration = await probe_duration(staged.temp_path)
-        storage_key = f"{secrets.token_hex(16)}.{staged.extension}"
-        final_path = storage_path(config.storage_dir, storage_key)
-        temp_path, target = staged.temp_path, final_path
-
-        async def place(_key: str) -> None:
-            await asyncio.to_thread(os.replace, temp_path, target)
-
         row = await request.app[CATALOG_KEY].create({
             "author_id": user_id, "title": title, "description": description,
             "size": staged.size, "content_type": staged.content_type,
-            "storage_key": storage_key, "duration": duration,
-        }, place)
+            "storage_key": new_storage_key(staged.extension), "duration": duration,
+        }, staged.temp_path)
     except BaseException:
         await unlink(staged.temp_path)
-        if final_path is not None:
-            await unlink(final_path)
         raise
     return web.json_response(video_json(row), status=201)
-
 
 
 def _sweep_stale_uploads(storage_dir: Path) -> None:
@@ -200,9 +191,14 @@ def _sweep_stale_uploads(storage_dir: Path) -> None:
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     storage_dir = app[CONFIG_KEY].storage_dir
     await asyncio.to_thread(storage_dir.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(_sweep_stale_uploads, storage_dir)
-    yield
-
+    # The first sweep runs at start-up: it finds what a crash left behind.
+    sweep = run_every(STALE_TEMP_SWEEP_EVERY,
+                      lambda: asyncio.to_thread(_sweep_stale_uploads, storage_dir),
+                      "upload-temp-sweep")
+    try:
+        yield
+    finally:
+        await stop(sweep)
 
 
 def setup(app: web.Application) -> None:

@@ -140,7 +140,11 @@ class ViewCounter:
         self._finish = client.register_script(FINISH_BATCH)
         self._snapshot = client.register_script(SNAPSHOT)
         self._durations: OrderedDict[int, float | None] = OrderedDict()
+        # Bumped by every change: a read that began before one must not be cached.
+        self._generation = 0
         self._slots = asyncio.Semaphore(REDIS_CONCURRENCY)
+        # Views the flush at shutdown wrote; None until it ran, or if it failed.
+        self.flushed_at_stop: int | None = None
 
     def key(self, *parts: object) -> str:
         return ":".join([self.prefix, *(str(p) for p in parts)])
@@ -201,14 +205,17 @@ class ViewCounter:
         if video_id in self._durations:
             self._durations.move_to_end(video_id)
             return True, self._durations[video_id]
+        generation = self._generation
         row = await self._db.one("video_duration", {"id": video_id})
         if row is None:
             return False, None
-        self.remember_duration(video_id, row["duration"])
+        if generation == self._generation:
+            self.remember_duration(video_id, row["duration"])
         return True, row["duration"]
 
     def changed(self, video_id: int | None) -> None:
         """A change feed subscriber: a deleted video must stop earning views at once."""
+        self._generation += 1
         if video_id is None:
             self._durations.clear()
         else:
@@ -280,23 +287,25 @@ class ViewCounter:
         return batch_id if sealed else None
 
     async def apply_to_database(self, batch_id: str) -> int:
-        """Add one batch to videos.views unless it was added before; the views added."""
+        """Add one batch to videos.views unless it was added before; the views added.
+
+        Views of a video deleted since they were counted are dropped.
+        """
         raw = await self.client.hgetall(self.batch_key(batch_id))
         counts = batch_counts(raw)
         if not counts:
             return 0
-        total = sum(counts.values())
         queries = self._db.queries
         async with self._db.cursor() as cur, cur.begin():
             await cur.execute(queries["lock_view_flush"])
-            claimed = await fetch_one(cur, queries["claim_view_batch"],
-                                         {"id": batch_id, "views": total})
+            claimed = await fetch_one(cur, queries["claim_view_batch"], {"id": batch_id})
             if claimed is None:
                 return 0
             ids = sorted(counts)
-            await cur.execute(queries["add_views"],
-                              {"ids": ids, "counts": [counts[i] for i in ids]})
-        return total
+            added = await fetch_one(cur, queries["add_views"], {
+                "id": batch_id, "ids": ids, "counts": [counts[i] for i in ids]})
+        assert added is not None
+        return int(added["views"])
 
     async def finish(self, batch_id: str) -> None:
         """Forget an applied batch in Redis."""
@@ -437,6 +446,8 @@ async def report_progress(request: web.Request) -> web.Response:
 async def _flush_forever(counter: ViewCounter, interval: float) -> None:
     # The first pass runs at start-up: it applies what a crashed process left.
     next_prune = time.monotonic()
+    # An outage is one line when flushes start failing and one when they recover.
+    failing = False
     while True:
         raise_if_cancelled()
         try:
@@ -447,7 +458,13 @@ async def _flush_forever(counter: ViewCounter, interval: float) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("view flush failed, will retry: %r", exc)
+            if not failing:
+                log.warning("view flush failed, will retry; counted views wait in Redis: %r", exc)
+            failing = True
+        else:
+            if failing:
+                log.warning("view flush recovered")
+            failing = False
         raise_if_cancelled()
         await asyncio.sleep(interval)
 
@@ -471,7 +488,8 @@ async def views_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         try:
-            await asyncio.wait_for(counter.flush(), SHUTDOWN_FLUSH_TIMEOUT)
+            counter.flushed_at_stop = await asyncio.wait_for(counter.flush(),
+                                                             SHUTDOWN_FLUSH_TIMEOUT)
         except Exception as exc:
             log.warning("final view flush failed; pending views stay in Redis: %r", exc)
 

@@ -1,10 +1,11 @@
 -- name: record_video_change
--- The transaction lock makes change rows commit in `seq` order, so a reader
--- that has seen `seq` n never later finds a smaller one appear. It is held
--- only for the rest of the writing transaction, and writes of videos are rare.
+-- The transaction lock makes change rows commit in `seq` order: the row takes
+-- its seq only once the lock is held, and the lock is released after commit.
+-- So a reader that has seen `seq` n never later finds a smaller one appear. It
+-- is held for the rest of the writing transaction; writes of videos are rare.
 SELECT pg_advisory_xact_lock(7632626569);
-INSERT INTO video_changes (video_id, kind) VALUES (%(video_id)s, %(kind)s);
 SELECT pg_notify('tubelet_video_changes', '');
+INSERT INTO video_changes (video_id, kind) VALUES (%(video_id)s, %(kind)s) RETURNING seq;
 
 -- name: last_video_change
 SELECT coalesce(max(seq), 0) AS seq FROM video_changes;
@@ -16,4 +17,11 @@ SELECT seq, video_id, kind FROM video_changes WHERE seq > %(seq)s ORDER BY seq L
 SELECT min(seq) AS seq FROM video_changes;
 
 -- name: prune_video_changes
-DELETE FROM video_changes WHERE at < now() - make_interval(hours => %(hours)s);
+-- Removes a prefix of the log up to the last row older than the limit, and never
+-- the newest row: a reader back from an outage knows it missed rows exactly when
+-- the oldest row left is past the next one it expected. (`at` is when the
+-- writing transaction began, so it need not grow with `seq`.)
+DELETE FROM video_changes
+WHERE seq < (SELECT max(seq) FROM video_changes)
+  AND seq <= (SELECT max(seq) FROM video_changes
+              WHERE at < now() - make_interval(hours => %(hours)s));

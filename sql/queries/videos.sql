@@ -30,3 +30,7 @@ DELETE FROM videos WHERE id = %(id)s RETURNING storage_key;
 
 -- name: lock_video_author
 SELECT author_id FROM videos WHERE id = %(id)s FOR UPDATE;
+
+-- name: stored_keys
+-- Which of these stored files a video row names.
+SELECT storage_key FROM videos WHERE storage_key = ANY(%(keys)s::text[]);

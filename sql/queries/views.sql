@@ -3,14 +3,23 @@
 SELECT pg_advisory_xact_lock(7632626568);
 
 -- name: claim_view_batch
-INSERT INTO view_batches (id, views) VALUES (%(id)s, %(views)s)
+-- The batch's views are set by add_views, once it knows which videos still exist.
+INSERT INTO view_batches (id, views) VALUES (%(id)s, 0)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
 -- name: add_views
-UPDATE videos AS v SET views = v.views + b.n
-FROM unnest(%(ids)s::bigint[], %(counts)s::bigint[]) AS b (id, n)
-WHERE v.id = b.id;
+-- Views of videos deleted meanwhile are dropped: the batch records only the
+-- views it added.
+WITH added AS (
+    UPDATE videos AS v SET views = v.views + b.n
+    FROM unnest(%(ids)s::bigint[], %(counts)s::bigint[]) AS b (id, n)
+    WHERE v.id = b.id
+    RETURNING b.n
+)
+UPDATE view_batches SET views = (SELECT coalesce(sum(n), 0) FROM added)
+WHERE id = %(id)s
+RETURNING views;
 
 -- name: views_snapshot
 -- Stored counts and, in the same snapshot, which in-flight batches are applied.

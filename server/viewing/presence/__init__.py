@@ -1,0 +1,83 @@
+"""Live "watching now" counts over WebSocket, shared by every process through Redis.
+
+    store.py        Redis: each video's viewers, each address's sockets (scripts in *.lua)
+    room.py         one video's sockets in this process, and the frames they are sent
+    broadcaster.py  re-reading a room's numbers and pushing them, at most twice a second
+    hub.py          the rooms, each socket's Redis work in order, the heartbeat
+    deletions.py    closing the sockets of deleted videos, in every process
+    websocket.py    GET /videos/{id}/active-viewers
+
+Active viewers are distinct viewers: the viewer key of view counting (the
+account, else a keyed hash of address and User-Agent), so the tabs of one person
+count once. A socket that signs in with an `auth` message counts as its account
+from then on. Each address (an IPv6 /64 is one) may hold PRESENCE_MAX_PER_ADDRESS
+sockets across every process.
+
+Close codes: 1001 server shutting down; 1013 Redis unavailable, try again later;
+4404 "video deleted"; 4429 "too many connections from this address" (the
+upgrade is accepted first, since a browser never sees the status of a refused
+handshake, only a close code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server.catalog.handlers import CATALOG_KEY
+from server.catalog.records import Catalog, VideoNotFound
+from server.core.keys import BUS_KEY, CHANGES_KEY, CONFIG_KEY, LIVE_COUNTS_KEY, REDIS_KEY
+from server.core.keyspace import Keyspace
+
+from ..counting import VIEWS_CHANGED, VIEWS_KEY
+from .broadcaster import TICK, Broadcaster
+from .deletions import VideoExists
+from .hub import PresenceHub
+from .room import DELETED, TOO_MANY, Connection, state_text, text_frame
+from .store import VIEWERS_CHANGED, PresenceStore
+from .websocket import PRESENCE_KEY, active_viewers
+
+__all__ = ["DELETED", "PRESENCE_KEY", "TICK", "TOO_MANY", "Connection", "PresenceHub",
+           "setup", "state_text", "text_frame"]
+
+
+def video_exists(catalog: Catalog) -> VideoExists:
+    async def exists(video_id: int) -> bool:
+        try:
+            await catalog.get(str(video_id))
+        except VideoNotFound:
+            return False
+        return True
+
+    return exists
+
+
+async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    store = PresenceStore(app[REDIS_KEY], Keyspace(config.redis_prefix), ttl=config.presence_ttl,
+                          max_per_address=config.presence_max_per_address)
+    hub = PresenceHub(store, Broadcaster(store, app[VIEWS_KEY].current),
+                      video_exists(app[CATALOG_KEY]))
+    app[PRESENCE_KEY] = hub
+    app[LIVE_COUNTS_KEY] = hub
+    bus = app[BUS_KEY]
+    bus.on(bus.key(VIEWERS_CHANGED), hub.on_viewers_changed)
+    bus.on(bus.key(VIEWS_CHANGED), hub.on_views_changed)
+    app[CHANGES_KEY].subscribe(hub.deletions.changed)
+    hub.start()
+    try:
+        yield
+    finally:
+        await hub.stop()
+
+
+async def close_sockets(app: web.Application) -> None:
+    await app[PRESENCE_KEY].close_all()
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(presence_ctx)
+    app.on_shutdown.append(close_sockets)
+    app.router.add_route("GET", "/videos/{id}/active-viewers", active_viewers,
+                         name="active_viewers")
