@@ -24,7 +24,7 @@ from server.core.config import ENVIRONMENT, Config, ConfigError
 from server.core.db import migrate
 from server.core.errors import quiet_client_errors
 from server.core.http import AppRunner
-from server.viewing.counting import VIEWS_KEY
+from server.viewing.counter import VIEWS_KEY
 
 log = logging.getLogger("server")
 

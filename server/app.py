@@ -18,7 +18,7 @@ from server.core.redis_client import bus_ctx, redis_ctx
 from server.delivery import handler as delivery
 from server.ingest import upload as ingest
 from server.ops import health
-from server.viewing import counting, presence
+from server.viewing import presence, reports
 from server.web import pages
 
 # JSON bodies are small; uploads are streamed and not bound by this.
@@ -49,7 +49,7 @@ def create_app(config: Config) -> web.Application:
     catalog.setup(app)
     delivery.setup(app)
     ingest.setup(app)
-    counting.setup(app)
+    reports.setup(app)
     presence.setup(app)
     pages.setup(app)
     # Last, so every feature has registered its pub/sub handlers first.

@@ -2,6 +2,10 @@
 
 const FIRST_DELAY = 500;
 const MAX_DELAY = 30000;
+// Close codes the server uses: the video was deleted (final), and too many
+// sockets from this address (worth trying again only after a long while).
+const VIDEO_GONE = 4404;
+const TOO_MANY = 4429;
 
 export class LiveSocket {
   constructor(path, { onMessage, onOpen, onState } = {}) {
@@ -43,9 +47,15 @@ export class LiveSocket {
       }
       this.onMessage(message);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
+      if (event.code === VIDEO_GONE) {
+        this.stopped = true;
+        this.onState("gone");
+        return;
+      }
+      if (event.code === TOO_MANY) this.failures = Math.max(this.failures, 6);
       this.onState("reconnecting");
       this.schedule();
     });

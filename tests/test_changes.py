@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from server.core.changes import ChangeFeed
 from server.core.db import Queries, migrate
-from server.viewing.counting import VIEWS_KEY
+from server.viewing.counter import VIEWS_KEY
 
 from .conftest import fake_mp4, new_user_token, upload
 from .outages import pg_proxy  # noqa: F401

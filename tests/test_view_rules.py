@@ -17,7 +17,7 @@ from server.core.clients import (
     viewer_key,
 )
 from server.core.origins import normalise_origin, origin_allowed, own_origin
-from server.viewing.counting import batch_counts, combine, decode_state, encode_state
+from server.viewing.tally import batch_counts, combine, decode_state, encode_state
 from server.viewing.watch_rules import (
     MAX_REPORT_GAP,
     Report,

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from psycopg2 import sql
 
-from server.viewing.counting import VIEWS_KEY
+from server.viewing.counter import VIEWS_KEY
 
 from .conftest import (
     DATABASE_URL,
@@ -492,7 +492,7 @@ async def test_views_wait_in_redis_while_postgres_is_unreachable(instance, http,
             await eventually(batched)
             await asyncio.sleep(1.0)  # several failed flushes later, still one batch
             assert await held() == (1, 2)
-        assert "view flush failed" in caplog.text
+        assert "view flush failing" in caplog.text
 
         async def flushed() -> bool:
             return await asyncio.to_thread(stored_views, database_url, video_id) == 2

@@ -107,7 +107,7 @@ async def login(request: web.Request) -> web.Response:
     if row is None or not ok:
         raise ApiError(401, "invalid_credentials", "Email or password is incorrect")
     await throttle.login_succeeded(attempt)
-    async with db.cursor() as cur, cur.begin():
+    async with db.transaction() as cur:
         pair = await _issue_pair(request, cur, row["id"], uuid.uuid4())
     return web.json_response(pair)
 
@@ -118,40 +118,35 @@ async def refresh(request: web.Request) -> web.Response:
     token = string_field(body, "refresh_token", max_len=512)
     if not token:
         raise invalid("'refresh_token' is required")
-    queries = request.app[DB_KEY].queries
-    rejected = ApiError(401, "invalid_refresh_token", "The refresh token is invalid")
-    async with request.app[DB_KEY].cursor() as cur:
-        row = await fetch_one(cur, queries["refresh_token_by_hash"],
-                                 {"token_hash": psycopg2.Binary(hash_refresh_token(token))})
-        if row is None or row["revoked_at"] is not None or row["expired"]:
-            raise rejected
-        family = {"family_id": str(row["family_id"])}
-        async with cur.begin():
-            rotated = await fetch_one(cur, queries["rotate_refresh_token"], {"id": row["id"]})
-            if rotated is not None:
-                pair = await _issue_pair(request, cur, row["user_id"], row["family_id"])
-        if rotated is None:
-            # A token that was already rotated is being replayed: whoever holds
-            # it may have stolen it, so the whole family stops working.
-            await cur.execute(queries["revoke_family"], family)
-            raise ApiError(401, "refresh_token_reused",
-                           "This refresh token was already used; its session is revoked")
+    db = request.app[DB_KEY]
+    row = await db.one("refresh_token_by_hash",
+                       {"token_hash": psycopg2.Binary(hash_refresh_token(token))})
+    if row is None or row["revoked_at"] is not None or row["expired"]:
+        raise ApiError(401, "invalid_refresh_token", "The refresh token is invalid")
+    async with db.transaction() as cur:
+        rotated = await fetch_one(cur, db.queries["rotate_refresh_token"], {"id": row["id"]})
+        if rotated is not None:
+            pair = await _issue_pair(request, cur, row["user_id"], row["family_id"])
+    if rotated is None:
+        # A token that was already rotated is being replayed: whoever holds
+        # it may have stolen it, so the whole family stops working.
+        await db.execute("revoke_family", {"family_id": str(row["family_id"])})
+        raise ApiError(401, "refresh_token_reused",
+                       "This refresh token was already used; its session is revoked")
     return web.json_response(pair)
 
 
 @routes.post("/auth/logout", name="logout")
 async def logout(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
-    async with request.app[DB_KEY].cursor() as cur:
-        await cur.execute(request.app[DB_KEY].queries["revoke_user_tokens"], {"user_id": user_id})
+    await request.app[DB_KEY].execute("revoke_user_tokens", {"user_id": user_id})
     return web.Response(status=204)
 
 
 @routes.get("/auth/me", name="me")
 async def me(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
-    async with request.app[DB_KEY].cursor() as cur:
-        row = await fetch_one(cur, request.app[DB_KEY].queries["user_by_id"], {"id": user_id})
+    row = await request.app[DB_KEY].one("user_by_id", {"id": user_id})
     if row is None:
         raise ApiError(401, "invalid_token", "The account no longer exists", UNAUTHORIZED)
     return web.json_response(user_json(row))

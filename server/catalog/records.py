@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from server.core.changes import ChangeFeed
-from server.core.db import Database, Statements
+from server.core.db import Database, refused
 from server.core.errors import Forbidden, NotFound
 from server.core.ids import parse_video_id
 from server.core.storage import settled_keys, storage_path, unlink
@@ -49,42 +45,6 @@ def video_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def transaction(db: Database) -> AsyncIterator[Statements]:
-    """A cursor inside one transaction, committed when the block ends, rolled back if it raises.
-
-    Plain BEGIN/COMMIT rather than aiopg's Transaction, which treats a COMMIT
-    lost with its connection as a transaction never closed. A failed COMMIT
-    raises from here.
-    """
-    async with db.cursor() as cur:
-        await cur.execute("BEGIN")
-        try:
-            yield cur
-        except BaseException:
-            await _rollback(cur)
-            raise
-        await cur.execute("COMMIT")
-
-
-async def _rollback(cur: Statements) -> None:
-    # The server drops the transaction of a connection that died.
-    if cur.connection.closed:
-        return
-    try:
-        await cur.execute("ROLLBACK")
-    except (psycopg2.Error, OSError, TimeoutError):
-        cur.connection.close()  # the pool discards a closed connection
-
-
-def refused(exc: BaseException) -> bool:
-    """Whether a failed statement certainly had no effect: the server answered with an error.
-
-    A lost connection, a timeout or a cancellation leave no such answer.
-    """
-    return isinstance(exc, psycopg2.Error) and exc.pgcode is not None
-
-
 class Catalog:
     """The video rows, and the change announcements that go with writing them."""
 
@@ -115,7 +75,7 @@ class Catalog:
         if video_id is None:
             raise VideoNotFound()
         queries = self._db.queries
-        async with transaction(self._db) as cur:
+        async with self._db.transaction() as cur:
             await cur.execute(queries["lock_video_author"], {"id": video_id})
             owner = await cur.fetchone()
             if owner is None:
@@ -146,7 +106,7 @@ class Catalog:
         queries = self._db.queries
         committing = False
         try:
-            async with transaction(self._db) as cur:
+            async with self._db.transaction() as cur:
                 await cur.execute(queries["insert_video"], values)
                 row = dict(await cur.fetchone())
                 await asyncio.to_thread(os.replace, staged, target)

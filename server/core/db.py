@@ -152,6 +152,23 @@ class Database:
         ) as cur:
             yield cur
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        """A cursor inside one transaction, committed when the block ends, rolled back if it raises.
+
+        Plain BEGIN/COMMIT rather than aiopg's Transaction, which treats a COMMIT
+        lost with its connection as a transaction never closed. A failed COMMIT
+        raises from here.
+        """
+        async with self.cursor() as cur:
+            await cur.execute("BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                await _rollback(cur)
+                raise
+            await cur.execute("COMMIT")
+
     async def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
         """The first row of a named read, or None."""
         rows = await self._read(name, params, limit_one=True)
@@ -190,6 +207,24 @@ def is_read(sql: str) -> bool:
     """Whether a statement only reads, so running it twice is harmless."""
     words = COMMENT_RE.sub("", sql).split(None, 1)
     return bool(words) and words[0].upper() == "SELECT" and "FOR UPDATE" not in sql.upper()
+
+
+async def _rollback(cur: Statements) -> None:
+    # The server drops the transaction of a connection that died.
+    if cur.connection.closed:
+        return
+    try:
+        await cur.execute("ROLLBACK")
+    except (psycopg2.Error, OSError, TimeoutError):
+        cur.connection.close()  # the pool discards a closed connection
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a failed statement certainly had no effect: the server answered with an error.
+
+    A lost connection, a timeout or a cancellation leave no such answer.
+    """
+    return isinstance(exc, psycopg2.Error) and exc.pgcode is not None
 
 
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:

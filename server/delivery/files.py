@@ -7,15 +7,14 @@ soon as the change feed reports a change to it (`server.core.changes`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from server.core.cache import LRU, SingleFlight
 from server.core.db import Database
 from server.core.storage import storage_path
 
@@ -87,10 +86,9 @@ class VideoFileCache:
         self.negative_ttl = negative_ttl
         self.open_files = open_files
         self.recheck = recheck
-        self._hits: OrderedDict[int, VideoFile] = OrderedDict()
+        self._hits: LRU[int, VideoFile] = LRU(capacity)
         self._misses: dict[int, float] = {}
-        self._loading: dict[int, asyncio.Future[VideoFile | None]] = {}
-        self._files: OrderedDict[int, OpenFile] = OrderedDict()
+        self._files: LRU[int, OpenFile] = LRU(open_files)
         self.date = HttpDate()
         # Bumped by every change: a load that began before one must not cache
         # what it read, which the change may already have made stale.
@@ -100,7 +98,6 @@ class VideoFileCache:
         """The cached file, None for a remembered miss, False when unknown."""
         found = self._hits.get(video_id)
         if found is not None:
-            self._hits.move_to_end(video_id)
             return found
         expires = self._misses.get(video_id)
         if expires is not None:
@@ -115,13 +112,10 @@ class VideoFileCache:
                 self._misses.clear()
             self._misses[video_id] = time.monotonic() + self.negative_ttl
             return
-        self._hits[video_id] = value
-        self._hits.move_to_end(video_id)
-        while len(self._hits) > self.capacity:
-            self._hits.popitem(last=False)
+        self._hits.put(video_id, value)
 
     def evict(self, video_id: int) -> None:
-        self._hits.pop(video_id, None)
+        self._hits.pop(video_id)
         self._misses.pop(video_id, None)
         self._close(video_id)
 
@@ -141,12 +135,10 @@ class VideoFileCache:
                     self._close(video_id)
                     raise FileNotFoundError(str(video.path))
                 handle.checked = now
-            self._files.move_to_end(video_id)
             return handle.acquire()
         handle = OpenFile(os.open(video.path, os.O_RDONLY))
-        self._files[video_id] = handle
-        while len(self._files) > self.open_files:
-            self._files.popitem(last=False)[1].release()
+        for _, evicted in self._files.put(video_id, handle):
+            evicted.release()
         return handle.acquire()
 
     def open_present(self, video_id: int, video: VideoFile) -> OpenFile | None:
@@ -161,16 +153,13 @@ class VideoFileCache:
             return None
 
     def close(self) -> None:
-        while self._files:
-            self._files.popitem()[1].release()
-
-    def _close(self, video_id: int) -> None:
-        handle = self._files.pop(video_id, None)
-        if handle is not None:
+        for _, handle in self._files.clear():
             handle.release()
 
-    def loading(self) -> dict[int, asyncio.Future[VideoFile | None]]:
-        return self._loading
+    def _close(self, video_id: int) -> None:
+        handle = self._files.pop(video_id)
+        if handle is not None:
+            handle.release()
 
     def changed(self, video_id: int | None) -> None:
         """A change feed subscriber: forget one video, or (None) every video."""
@@ -196,35 +185,25 @@ class VideoFiles:
         self._storage_dir = storage_dir
         self._max_age = max_age
         self.cache = VideoFileCache()
+        self._loads: SingleFlight[int, VideoFile | None] = SingleFlight()
 
     async def load(self, video_id: int) -> VideoFile | None:
-        cache = self.cache
-        cached = cache.get(video_id)
+        cached = self.cache.get(video_id)
         if cached is not False:
             return cached  # type: ignore[return-value]
-        pending = cache.loading().get(video_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[VideoFile | None] = asyncio.get_running_loop().create_future()
-        cache.loading()[video_id] = future
-        generation = cache.generation
-        try:
-            row = await self._db.one("video_file", {"id": video_id})
-            value = None if row is None else video_file(
-                path=storage_path(self._storage_dir, row["storage_key"]),
-                size=row["size"],
-                content_type=row["content_type"],
-                validators=Validators(etag=etag_for(row["storage_key"]),
-                                      last_modified=int(row["created"])),
-                max_age=self._max_age,
-            )
-            if cache.generation == generation:
-                cache.put(video_id, value)
-            future.set_result(value)
-            return value
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del cache.loading()[video_id]
+        return await self._loads.run(video_id, lambda: self._read(video_id))
+
+    async def _read(self, video_id: int) -> VideoFile | None:
+        generation = self.cache.generation
+        row = await self._db.one("video_file", {"id": video_id})
+        value = None if row is None else video_file(
+            path=storage_path(self._storage_dir, row["storage_key"]),
+            size=row["size"],
+            content_type=row["content_type"],
+            validators=Validators(etag=etag_for(row["storage_key"]),
+                                  last_modified=int(row["created"])),
+            max_age=self._max_age,
+        )
+        if self.cache.generation == generation:
+            self.cache.put(video_id, value)
+        return value

@@ -30,7 +30,7 @@ from server.catalog.records import Catalog, VideoNotFound
 from server.core.keys import BUS_KEY, CHANGES_KEY, CONFIG_KEY, LIVE_COUNTS_KEY, REDIS_KEY
 from server.core.keyspace import Keyspace
 
-from ..counting import VIEWS_CHANGED, VIEWS_KEY
+from ..counter import VIEWS_CHANGED, VIEWS_KEY
 from .broadcaster import TICK, Broadcaster
 from .deletions import VideoExists
 from .hub import PresenceHub

@@ -17,7 +17,8 @@ from server.catalog.handlers import CATALOG_KEY
 from server.core.errors import ApiError, Unavailable
 from server.core.keys import CONFIG_KEY
 
-from ..counting import VIEWS_KEY, Watcher, check_origin, identify
+from ..counter import VIEWS_KEY
+from ..identity import Watcher, check_origin, identify
 from ..watch_rules import ReportError, parse_report
 from .hub import PresenceHub
 from .room import CLOSE_TIMEOUT, TOO_MANY, Connection, error_text
