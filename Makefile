@@ -35,9 +35,10 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 # Install the server, the embedded services and the test and lint tools into .venv.
 install: $(STAMP)
 
-# Serve on http://127.0.0.1:8080 until Ctrl-C; `python -m server --help` lists the settings.
+# Serve on http://127.0.0.1:8080 and run one processing worker until Ctrl-C.
+# `python -m server --help` lists the settings.
 run: $(RUN_STAMP)
-	$(DEV) $(PY) -m server
+	$(PY) -m server.dev --also '$(PY) -m server worker' -- $(PY) -m server
 
 # Run the test suite; PYTEST_ARGS passes options to pytest.
 test: install

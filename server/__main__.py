@@ -1,4 +1,4 @@
-"""`python -m server [serve|migrate]`: the command line. `--help` lists the environment."""
+"""`python -m server [serve|migrate|worker]`: the command line. `--help` lists the environment."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import traceback
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
 import psycopg2
 from aiohttp import web
+from procrastinate.exceptions import ConnectorException
 from redis.exceptions import RedisError
 
 from server.app import create_app
@@ -24,20 +26,26 @@ from server.core.config import ENVIRONMENT, Config, ConfigError
 from server.core.db import migrate
 from server.core.errors import quiet_client_errors
 from server.core.http import AppRunner
+from server.ingest.jobs import SHUTDOWN_GRACE, work
 from server.viewing.counter import VIEWS_KEY
 
 log = logging.getLogger("server")
 
-USAGE = "usage: python -m server [serve | migrate | --help]"
-COMMANDS = """\
+USAGE = "usage: python -m server [serve | migrate | worker [--concurrency N] | --help]"
+COMMANDS = f"""\
 commands:
   serve     apply pending migrations, then serve HTTP until Ctrl-C or SIGTERM (the default)
   migrate   apply pending migrations and exit
+  worker    apply pending migrations, then process uploaded videos until Ctrl-C or SIGTERM;
+            --concurrency N runs N jobs at once (WORKER_CONCURRENCY). Run as many workers,
+            on as many machines, as you like: they share the queue in PostgreSQL
 
 Stopping (Ctrl-C, SIGTERM) finishes requests in flight, closes viewer sockets,
-writes counted views to PostgreSQL and exits 0.
-`make run` runs this under `python -m server.dev`, which starts an embedded
-PostgreSQL and Redis when DATABASE_URL and REDIS_URL are unset.
+writes counted views to PostgreSQL and exits 0. A worker gives its running jobs
+up to {SHUTDOWN_GRACE:g} s to finish; one still running then is left for another worker
+to retry, and the worker exits 0.
+`make run` runs a server and one worker under `python -m server.dev`, which
+starts an embedded PostgreSQL and Redis when DATABASE_URL and REDIS_URL are unset.
 """
 # Exit status when the environment keeps the server from starting.
 STARTUP_FAILED = 1
@@ -107,6 +115,22 @@ async def serve_until_stopped(config: Config, sock: socket.socket) -> int:
         log.warning("stopped; the final view flush failed, counted views wait in Redis")
     else:
         log.info("stopped; flushed %d view%s", flushed, "" if flushed == 1 else "s")
+    return 0
+
+
+async def work_until_stopped(config: Config, concurrency: int) -> int:
+    """Process videos until a signal arrives, then stop gracefully."""
+    stop = Stop()
+    worker = asyncio.create_task(work(config, concurrency=concurrency), name="worker")
+    # A worker that fails to start ends the wait as well; its error is raised below.
+    worker.add_done_callback(lambda _: stop.requested.set())
+    await stop.wait()
+    if not worker.done():
+        log.info("stopping; running jobs have %g s to finish", SHUTDOWN_GRACE)
+        worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+    log.info("worker stopped")
     return 0
 
 
@@ -188,7 +212,10 @@ def mask_url(url: str) -> str:
     """A connection URL fit for a log: any password replaced by ***."""
     if "://" not in url:
         return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a malformed URL)"
     netloc = parts.netloc
     userinfo, at, hostinfo = netloc.rpartition("@")
     if at and userinfo.partition(":")[2]:
@@ -211,9 +238,10 @@ def postgres_reason(exc: BaseException) -> str:
 
 def explain(exc: BaseException, config: Config) -> str | None:
     """One line for a start-up failure that is the environment's, not a bug."""
-    if isinstance(exc, psycopg2.Error):
-        return f"cannot use PostgreSQL at {mask_url(config.database_url)}: " \
-               f"{postgres_reason(exc)}"
+    if isinstance(exc, psycopg2.Error | psycopg.Error | ConnectorException):
+        # libpq may quote the URL it could not parse, password and all.
+        reason = postgres_reason(exc).replace(config.database_url, "the URL")
+        return f"cannot use PostgreSQL at {mask_url(config.database_url)}: {reason}"
     if isinstance(exc, RedisError):
         lines = str(exc).strip().splitlines()
         return f"cannot use Redis at {mask_url(config.redis_url)}: " \
@@ -222,6 +250,9 @@ def explain(exc: BaseException, config: Config) -> str | None:
         return (f"start-up timed out: PostgreSQL ({mask_url(config.database_url)}) "
                 f"or Redis ({mask_url(config.redis_url)}) did not answer")
     if isinstance(exc, OSError):
+        return f"start-up failed: {exc}"
+    if isinstance(exc, ValueError):
+        # Malformed DATABASE_URL / REDIS_URL, as their client libraries parse them.
         return f"start-up failed: {exc}"
     return None
 
@@ -263,12 +294,25 @@ def show(value: object) -> str:
     return str(value)
 
 
+def worker_concurrency(args: list[str]) -> int | None:
+    """N from `--concurrency N` or `--concurrency=N`; 0 for no options; None if malformed."""
+    if not args:
+        return 0
+    if len(args) == 1 and args[0].startswith("--concurrency="):
+        args = args[0].split("=", 1)
+    if len(args) != 2 or args[0] != "--concurrency" or not args[1].isdigit():
+        return None
+    value = int(args[1])
+    return value if 1 <= value <= 64 else None
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in {"-h", "--help", "help"}:
         print(help_text(), end="")
         return 0
     command = argv[0] if argv else "serve"
-    if command not in {"serve", "migrate"} or len(argv) > 1:
+    concurrency = worker_concurrency(argv[1:]) if command == "worker" else None
+    if command not in {"serve", "migrate", "worker"} or (len(argv) > 1 and concurrency is None):
         print(USAGE, file=sys.stderr)
         return USAGE_ERROR
     try:
@@ -297,6 +341,9 @@ def main(argv: list[str]) -> int:
         return 130
     if code or command == "migrate":
         return code
+    if command == "worker":
+        jobs = concurrency or config.worker_concurrency
+        return guarded(config, lambda: asyncio.run(work_until_stopped(config, jobs)))
     if not os.environ.get("JWT_SECRET"):
         log.warning("JWT_SECRET is not set: using a random secret; tokens end with this process")
     if config.workers == 1:

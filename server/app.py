@@ -16,6 +16,7 @@ from server.core.errors import error_middleware
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
 from server.core.redis_client import bus_ctx, redis_ctx
 from server.delivery import handler as delivery
+from server.ingest import tus
 from server.ingest import upload as ingest
 from server.ops import health
 from server.viewing import presence, reports
@@ -49,6 +50,7 @@ def create_app(config: Config) -> web.Application:
     catalog.setup(app)
     delivery.setup(app)
     ingest.setup(app)
+    tus.setup(app)
     reports.setup(app)
     presence.setup(app)
     pages.setup(app)

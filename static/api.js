@@ -129,5 +129,9 @@ export function nextPath(search = location.search) {
   } catch {
     return "/";
   }
-  return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+  // A path such as "/.//evil.example" resolves to "//evil.example", which names
+  // another host when handed on as a path: such paths go home too, and what is
+  // followed is the absolute same-origin URL.
+  if (url.origin !== location.origin || /^\/[/\\]/.test(url.pathname)) return "/";
+  return url.href;
 }

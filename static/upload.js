@@ -1,4 +1,7 @@
-// Upload with XMLHttpRequest, the one browser API that reports upload progress.
+// Resumable uploads with tus-js-client (vendored: window.tus) to the server's /uploads.
+// A dropped connection is retried where it stopped; after a reload, choosing the same
+// file again resumes it (tus-js-client keeps each upload's URL in localStorage, keyed
+// by the file's name, type, size and modification time).
 import { SignedOut, accessToken, refresh, signedIn } from "./api.js";
 
 const form = document.getElementById("upload-form");
@@ -7,7 +10,14 @@ const submit = form.querySelector("button[type=submit]");
 const status = document.getElementById("upload-status");
 const bar = document.getElementById("upload-progress");
 const percent = document.getElementById("upload-percent");
+const resumeNote = document.getElementById("upload-resume");
 const maxBytes = Number(form.dataset.maxBytes);
+const ENDPOINT = "/uploads";
+// Waits between attempts after a failure, in ms: about two minutes in all, longer
+// than a server's upload lease (30 s) outlives a crashed server.
+const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
+// Metadata travels base64-encoded in one header, which servers cap at about 8 KB.
+const MAX_METADATA_BYTES = 6000;
 
 if (!signedIn()) location.replace("/login?next=/upload");
 
@@ -18,7 +28,7 @@ function show(text, ok = false) {
 }
 
 function progress(fraction) {
-  const value = Math.round(fraction * 100);
+  const value = Math.floor(fraction * 100);
   bar.value = value;
   percent.textContent = `${value}%`;
 }
@@ -38,73 +48,143 @@ function tooLarge() {
   return `That file is too large: the limit is ${formatBytes(maxBytes)}.`;
 }
 
-function send(data, token) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/videos/upload");
-    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
-    xhr.setRequestHeader("Accept", "application/json");
-    xhr.responseType = "json";
-    xhr.upload.addEventListener("progress", (event) => {
-      if (event.lengthComputable) progress(event.loaded / event.total);
-    });
-    xhr.addEventListener("load", () => resolve({ status: xhr.status, body: xhr.response }));
-    xhr.addEventListener("error", () => reject(new TypeError("network error")));
-    xhr.send(data);
-  });
+function errorBody(response) {
+  try {
+    return JSON.parse(response.getBody() || "{}").error || {};
+  } catch {
+    return {};
+  }
 }
 
-function explain(result) {
-  const error = (result.body && result.body.error) || {};
-  switch (result.status) {
+function explain(error) {
+  const response = error.originalResponse;
+  if (!response) return "The connection was lost and the upload could not go on. "
+    + "Choose the same file again to resume it.";
+  const status = response.getStatus();
+  const detail = errorBody(response);
+  switch (status) {
     case 413: return tooLarge();
     case 415: return "That file is not a video we can play. Try MP4, WebM, MOV, Matroska or Ogg.";
-    case 422: return error.message || "Please check the form.";
-    default: return error.message || `The upload failed (HTTP ${result.status}).`;
+    case 422: return detail.message || "Please check the form.";
+    default: return detail.message || `The upload failed (HTTP ${status}).`;
   }
 }
 
-async function upload(data) {
-  let result = await send(data, await accessToken());
-  if (result.status === 401 && result.body?.error?.code === "invalid_token") {
-    await refresh();
-    result = await send(data, await accessToken());
-  }
-  return result;
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+// The earlier, unfinished upload of this file, if this browser started one.
+async function previousUpload(file) {
+  const probe = new tus.Upload(file, { endpoint: ENDPOINT });
+  const previous = await probe.findPreviousUploads();
+  previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime));
+  return previous[0] || null;
+}
+
+form.elements.file.addEventListener("change", async () => {
+  const file = form.elements.file.files[0];
+  resumeNote.hidden = true;
+  if (!file) return;
+  const previous = await previousUpload(file);
+  if (!previous) return;
+  const title = previous.metadata && previous.metadata.title;
+  if (title && !form.elements.title.value.trim()) form.elements.title.value = title;
+  resumeNote.textContent = "This file was partly uploaded before: the upload will resume "
+    + "where it stopped.";
+  resumeNote.hidden = false;
+});
+
+function start(file, title, description) {
+  return new Promise((resolve, reject) => {
+    // A token that expired mid-upload is refreshed before the next attempt.
+    let stale = false;
+    const upload = new tus.Upload(file, {
+      endpoint: ENDPOINT,
+      chunkSize: Number(form.dataset.chunkBytes) || Infinity,
+      retryDelays: RETRY_DELAYS,
+      removeFingerprintOnSuccess: true,
+      metadata: { title, description, filename: file.name, filetype: file.type },
+      async onBeforeRequest(request) {
+        if (stale) {
+          stale = false;
+          await refresh();
+        }
+        request.setHeader("Authorization", `Bearer ${await accessToken()}`);
+      },
+      onShouldRetry(error, attempt) {
+        const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+        if (status === 401) {
+          stale = errorBody(error.originalResponse).code === "invalid_token";
+          return stale && attempt === 0;
+        }
+        // Network failures, 5xx, 409 (offset moved on) and 423 (still locked) pass.
+        return !(status >= 400 && status < 500) || status === 409 || status === 423;
+      },
+      onProgress(sent, total) {
+        progress(total ? sent / total : 0);
+      },
+      onSuccess({ lastResponse }) {
+        resolve(lastResponse.getHeader("Tubelet-Video-Id"));
+      },
+      onError: reject,
+    });
+    upload.findPreviousUploads().then((previous) => {
+      if (previous.length) {
+        previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime));
+        upload.resumeFromPreviousUpload(previous[0]);
+        show("Resuming the earlier upload of this file…", true);
+      }
+      upload.start();
+    }, reject);
+  });
 }
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
-  const data = new FormData(form);
   const file = form.elements.file.files[0];
-  if (!String(data.get("title") || "").trim()) return show("Please give the video a title.");
+  const title = String(form.elements.title.value || "").trim();
+  const description = String(form.elements.description.value || "").trim();
+  if (!title) return show("Please give the video a title.");
   if (!file) return show("Please choose a video file.");
   if (file.size === 0) return show("That file is empty.");
   // Refused here rather than after minutes of uploading.
   if (file.size > maxBytes) return show(tooLarge());
+  if ((utf8Length(title) + utf8Length(description) + utf8Length(file.name)) * 4 / 3
+      > MAX_METADATA_BYTES) {
+    return show("The description is too long for an upload; please shorten it.");
+  }
 
   show("");
   submit.disabled = true;
   status.hidden = false;
   progress(0);
   try {
-    const result = await upload(data);
-    if (result.status === 201) {
-      progress(1);
-      show("Uploaded. Opening the video…", true);
-      location.assign(`/watch/${result.body.id}`);
-      return;
+    await accessToken();
+    const videoId = await start(file, title, description);
+    progress(1);
+    if (videoId) {
+      const link = document.createElement("a");
+      link.href = `/watch/${videoId}`;
+      link.textContent = "Open the video";
+      show("Uploaded. It is being processed and will play shortly. ", true);
+      message.append(link);
+      location.assign(link.href);
+    } else {
+      show("Uploaded.", true);
     }
-    if (result.status === 401) throw new SignedOut("session expired");
-    show(explain(result));
+    return;
   } catch (error) {
     if (error instanceof SignedOut) {
       location.assign("/login?next=/upload");
       return;
     }
-    show(error instanceof TypeError
-      ? "The connection was lost during the upload. Please try again."
-      : error.message);
+    const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+    if (status === 401) {
+      location.assign("/login?next=/upload");
+      return;
+    }
+    show(explain(error));
   }
   submit.disabled = false;
   status.hidden = true;

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from server.core.config import Config
+from server.core.keys import CHANGES_KEY, DB_KEY
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -91,6 +92,10 @@ def clean_db(database_url: str) -> Iterator[None]:
         cur.execute("SELECT to_regclass('view_batches') IS NOT NULL")
         if cur.fetchone()[0]:
             cur.execute("TRUNCATE view_batches")
+        cur.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("TRUNCATE procrastinate_jobs, procrastinate_events, procrastinate_workers,"
+                        " procrastinate_periodic_defers RESTART IDENTITY CASCADE")
     conn.close()
 
 
@@ -206,6 +211,37 @@ async def upload(client: TestClient, token: str, data: bytes, title: str = "A vi
                              headers={"Authorization": f"Bearer {token}"})
 
 
+async def make_ready(app: Any, video_id: int) -> None:
+    """Mark an uploaded video ready as it came, without processing it.
+
+    For tests of what happens to ready videos, with bytes no decoder accepts:
+    the stream serves the upload, as for videos from before processing. The
+    change is recorded, so every instance's caches learn of it, and the job
+    queued for it is dropped. tests/test_processing.py processes real clips.
+    """
+    db, changes = app[DB_KEY], app[CHANGES_KEY]
+    async with db.transaction() as cur:
+        await cur.execute("UPDATE videos SET status = 'ready', progress = NULL"
+                          " WHERE id = %s AND status = 'processing'", (video_id,))
+        await cur.execute("DELETE FROM procrastinate_jobs WHERE queueing_lock = %s",
+                          (f"video-{video_id}",))
+        seq = await changes.record(cur, video_id, "processed")
+    changes.applied(video_id, seq)
+
+
+async def upload_ready(client: TestClient, token: str, data: bytes, title: str = "A video",
+                       description: str = "", filename: str = "clip.mp4") -> dict[str, Any]:
+    """Upload (201), mark the video ready with make_ready, and return its JSON."""
+    resp = await upload(client, token, data, title, description, filename)
+    assert resp.status == 201, await resp.text()
+    video = await resp.json()
+    assert video["status"] == "processing"
+    await make_ready(client.server.app, video["id"])
+    resp = await client.get(f"/videos/{video['id']}")
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
 @pytest.fixture
 async def api_error() -> Callable[..., Any]:
     async def check(resp: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -222,7 +258,8 @@ async def api_error() -> Callable[..., Any]:
 
 async def session_upload(session: Any, server: Any, data: bytes,
                           title: str = "A video") -> tuple[str, int]:
-    """Register, log in and upload through a plain ClientSession against a real server."""
+    """Register, log in and upload through a plain ClientSession against a real server;
+    the video is then made ready as it came (make_ready)."""
     import io
 
     from aiohttp import FormData
@@ -239,4 +276,6 @@ async def session_upload(session: Any, server: Any, data: bytes,
     async with session.post(server.make_url("/videos/upload"), data=form,
                             headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 201, await resp.text()
-        return token, (await resp.json())["id"]
+        video_id = (await resp.json())["id"]
+    await make_ready(server.app, video_id)
+    return token, video_id

@@ -156,6 +156,22 @@ async def test_login_limited_per_address(aiohttp_client, make_config, api_error)
     assert await status_of(client, "v6-9@example.com", address="2001:db8:1:3::1") == 401
 
 
+async def test_address_read_from_every_forwarded_line(aiohttp_client, make_config, api_error):
+    """A proxy that appends its own X-Forwarded-For line must not let the client pick
+    its address with a line of its own in front."""
+    config = make_config(auth_rate_limit=3, auth_rate_window=60, trusted_proxies=LOCAL_PROXY)
+    client = await aiohttp_client(create_app(config))
+    for i in range(4):
+        headers = [("X-Forwarded-For", f"10.0.0.{i}"), ("X-Forwarded-For", "192.0.2.7")]
+        resp = await client.post("/auth/login", headers=headers,
+                                 json={"email": f"guess-{i}@example.com",
+                                       "password": "wrong password"})
+        if i < 3:
+            assert resp.status == 401, await resp.text()
+        else:
+            await api_error(resp, 429, "rate_limited")
+
+
 async def test_login_limited_per_account(aiohttp_client, make_config, api_error):
     """Failed logins count against the account from any address; successful ones do not."""
     config = make_config(auth_rate_limit=3, auth_rate_window=60, trusted_proxies=LOCAL_PROXY)

@@ -17,7 +17,7 @@ from server.core.changes import ChangeFeed
 from server.core.db import Queries, migrate
 from server.viewing.counter import VIEWS_KEY
 
-from .conftest import fake_mp4, new_user_token, upload
+from .conftest import fake_mp4, new_user_token, upload_ready
 from .outages import pg_proxy  # noqa: F401
 
 QUERIES = Queries.load()
@@ -126,9 +126,7 @@ async def test_changes_are_read_in_commit_order(feed, database_url):
 # --- two processes, one of them behind a link that is cut --------------------
 
 async def new_video(client: TestClient, token: str) -> dict[str, Any]:
-    resp = await upload(client, token, fake_mp4(4096))
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
+    return await upload_ready(client, token, fake_mp4(4096))
 
 
 async def cache_in(client: TestClient, stream: str) -> str:
@@ -191,7 +189,7 @@ async def test_a_process_that_missed_pruned_changes_forgets_everything(
         with conn.cursor() as cur:
             cur.execute(QUERIES["prune_video_changes"], {"hours": 0})
             cur.execute("SELECT video_id, kind FROM video_changes")
-            assert cur.fetchall() == [(newest["id"], "created")]
+            assert cur.fetchall() == [(newest["id"], "processed")]
     finally:
         conn.close()
     assert await status_of(b, stream, **{"If-None-Match": etag}) == 304

@@ -168,6 +168,19 @@ def test_unreachable_redis_is_one_line(server_env):
     assert_one_clear_line(done, "Redis", f"127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize("name, value, needle", [
+    ("LOG_LEVEL", "bogus", "LOG_LEVEL"),
+    ("REDIS_URL", "garbage", "Redis URL"),
+    ("REDIS_URL", "redis://127.0.0.1:notaport/0", "notaport"),
+    ("DATABASE_URL", "postgresql://u:hunter2-secret@[::1/x", "PostgreSQL"),
+])
+def test_malformed_settings_are_one_line(server_env, name, value, needle):
+    done = run("-m", "server", env={**server_env, name: value, "LOG_LEVEL": "WARNING"}
+               if name != "LOG_LEVEL" else {**server_env, name: value})
+    assert_one_clear_line(done, needle)
+    assert "hunter2-secret" not in done.stderr
+
+
 def test_port_in_use_is_one_line(server_env):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

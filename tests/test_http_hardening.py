@@ -28,7 +28,7 @@ from server.app import create_app
 from server.core import http
 from server.core.config import Config
 
-from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
+from .conftest import REDIS_URL, fake_mp4, new_user_token, upload_ready
 
 SLACK = 1.5  # scheduling on a shared 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,7 +349,7 @@ SIZE = 10_000
 ])
 async def test_every_stream_response_says_nosniff(client, method, headers, status):
     token = await new_user_token(client)
-    video = await (await upload(client, token, fake_mp4(SIZE))).json()
+    video = await upload_ready(client, token, fake_mp4(SIZE))
     etag = (await client.head(video["stream_url"])).headers["ETag"]
     resp = await client.request(method, video["stream_url"],
                                 headers={k: v.format(etag=etag) for k, v in headers.items()})

@@ -18,7 +18,7 @@ from server.catalog.handlers import CATALOG_KEY
 from server.core.keys import CONFIG_KEY
 from server.core.storage import STORAGE_KEY_RE
 
-from .conftest import fake_mp4, new_user_token, upload
+from .conftest import fake_mp4, make_ready, new_user_token, upload
 from .outages import own_redis, pg_proxy  # noqa: F401
 
 DATA = fake_mp4(20_000, seed=5)
@@ -69,8 +69,9 @@ async def test_a_delete_while_redis_is_down_removes_the_video_everywhere(instanc
     resp = await upload(a, token, DATA)
     assert resp.status == 201, await resp.text()
     video = await resp.json()
+    await make_ready(a.server.app, video["id"])
     stream = video["stream_url"]
-    await asyncio.sleep(0.5)  # the creation reaches B before B caches the video
+    await asyncio.sleep(0.5)  # the change reaches B before B caches the video
     resp = await b.get(stream)
     assert resp.status == 200 and await resp.read() == DATA
     etag = resp.headers["ETag"]
@@ -111,6 +112,7 @@ async def test_an_upload_while_redis_is_down_succeeds_once_everywhere(instance, 
     assert resp.status == 201, await resp.text()
     video = await resp.json()
     assert video["id"] == 1
+    await make_ready(a.server.app, video["id"])  # ready, still during the outage
 
     rows = query(database_url, "SELECT id, storage_key FROM videos")
     assert [row[0] for row in rows] == [video["id"]]
@@ -201,6 +203,7 @@ async def test_an_upload_cut_off_during_its_commit_keeps_a_committed_row_whole(
     await until(committed, 5.0, "the commit")
     [(video_id, key)] = query(database_url, "SELECT id, storage_key FROM videos")
     assert stored_files(a) == [key]
+    await make_ready(b.server.app, video_id)
     resp = await b.get(f"/videos/{video_id}/stream")
     assert resp.status == 200
     assert await resp.read() == DATA
@@ -240,6 +243,7 @@ async def test_the_sweep_removes_old_files_no_row_names_and_nothing_else(client,
         resp = await upload(client, token, DATA, title=title)
         assert resp.status == 201
         (kept if title == "kept" else lost).append(await resp.json())
+    await make_ready(client.server.app, kept[0]["id"])
     [(lost_key,)] = query(database_url, "SELECT storage_key FROM videos WHERE title = 'lost'")
     # As if the deleting process died between its commit and removing the file.
     query(database_url, "DELETE FROM videos WHERE title = 'lost'")

@@ -14,7 +14,7 @@ from aiohttp import web
 from server.app import create_app
 from server.web.pages import PAGE_SIZE, format_ago, format_count, format_duration
 
-from .conftest import fake_mp4, new_user_token, upload
+from .conftest import fake_mp4, new_user_token, upload_ready
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
@@ -64,10 +64,10 @@ async def page(client: Any, path: str, status: int = 200) -> tuple[Page, str, An
 
 async def uploaded(client: Any, title: str = "A video", description: str = "",
                    token: str | None = None) -> dict[str, Any]:
+    """A video uploaded and made ready as it came."""
     token = token or await new_user_token(client)
-    resp = await upload(client, token, fake_mp4(4000), title=title, description=description)
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
+    return await upload_ready(client, token, fake_mp4(4000), title=title,
+                              description=description)
 
 
 # --- pages -----------------------------------------------------------------

@@ -34,7 +34,7 @@ from server.viewing.presence import (
     text_frame,
 )
 
-from .conftest import REDIS_URL, fake_mp4, new_user_token, upload
+from .conftest import REDIS_URL, fake_mp4, new_user_token, upload, upload_ready
 from .outages import own_redis  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def new_video(client: TestClient) -> int:
     token = await new_user_token(client)
-    resp = await upload(client, token, fake_mp4(4096))
-    assert resp.status == 201, await resp.text()
-    return (await resp.json())["id"]
+    return (await upload_ready(client, token, fake_mp4(4096)))["id"]
 
 
 async def next_state(ws: aiohttp.ClientWebSocketResponse,

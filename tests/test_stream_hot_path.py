@@ -15,7 +15,7 @@ from server.delivery.files import VideoFileCache, video_file
 from server.delivery.handler import FILES_KEY, plain_span
 from server.delivery.ranges import ByteRange, RangeOutcome, Validators, plan_ranges
 
-from .conftest import fake_mp4, new_user_token, upload
+from .conftest import fake_mp4, new_user_token, upload_ready
 
 SIZE = 10_000
 
@@ -79,8 +79,7 @@ def test_unlinked_file_counts_as_gone_after_recheck(tmp_path):
 async def test_file_deleted_behind_the_cache_is_404(client, api_error, config):
     data = fake_mp4(SIZE)
     token = await new_user_token(client)
-    resp = await upload(client, token, data)
-    video = await resp.json()
+    video = await upload_ready(client, token, data)
     resp = await client.get(video["stream_url"], headers={"Range": "bytes=0-9"})
     assert resp.status == 206 and await resp.read() == data[:10]
     client.app[FILES_KEY].cache.recheck = 0
@@ -95,7 +94,7 @@ async def test_file_deleted_behind_the_cache_is_404(client, api_error, config):
 async def _uploaded(client) -> tuple[bytes, str, str]:
     data = fake_mp4(SIZE)
     token = await new_user_token(client)
-    video = await (await upload(client, token, data)).json()
+    video = await upload_ready(client, token, data)
     return data, video["stream_url"], (await client.get(video["stream_url"])).headers["ETag"]
 
 

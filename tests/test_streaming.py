@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import re
+import time
 from email.utils import formatdate
 
+import aiohttp
 import pytest
 from aiohttp import ClientSession
 
 from server.app import create_app
 from server.core.keys import DB_KEY
 
-from .conftest import fake_mp4, new_user_token, upload
+from .conftest import fake_mp4, make_ready, new_user_token, upload, upload_ready
 
 SIZE = 10_000
 DATA = fake_mp4(SIZE)
@@ -25,6 +29,7 @@ async def video(client):
     resp = await upload(client, token, DATA)
     assert resp.status == 201, await resp.text()
     body = await resp.json()
+    await make_ready(client.server.app, body["id"])
     body["token"] = token
     return body
 
@@ -295,3 +300,25 @@ async def test_client_disconnect_mid_stream_is_quiet(aiohttp_server, config, cap
             assert await resp.read() == big[:100]
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+async def test_delete_cuts_off_responses_in_flight_everywhere(instance):
+    """A player reading one long `bytes=0-` response stops soon after the delete too."""
+    writer, reader = await instance(), await instance()
+    token = await new_user_token(writer)
+    data = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(24 * 2**20)
+    video = await upload_ready(writer, token, io.BytesIO(data))  # type: ignore[arg-type]
+    resp = await reader.get(video["stream_url"], headers={"Range": "bytes=0-"})
+    assert resp.status == 206
+    received = len(await resp.content.readexactly(65536))
+    deleted = await writer.delete(f"/videos/{video['id']}",
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert deleted.status == 204
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with asyncio.timeout(8):
+            while chunk := await resp.content.read(65536):
+                received += len(chunk)
+                await asyncio.sleep(0.05)  # a player reading at its own pace
+    assert time.monotonic() - started < 4
+    assert received < len(data) // 2

@@ -12,7 +12,7 @@ from aiohttp import ClientSession, FormData
 
 from server.app import create_app
 
-from .conftest import fake_mp4, login, new_user_token, register, upload
+from .conftest import fake_mp4, login, make_ready, new_user_token, register, upload, upload_ready
 
 
 def stored_files(config) -> list[str]:
@@ -41,10 +41,14 @@ async def test_upload_returns_metadata_and_serves_bytes(client):
     assert video["title"] == "My clip" and video["description"] == "hello"
     assert video["size"] == len(data) and video["content_type"] == "video/mp4"
     assert video["stream_url"] == f"/videos/{video['id']}/stream"
+    assert video["status"] == "processing" and video["poster_url"] is None
     got = await client.get(f"/videos/{video['id']}")
     assert got.status == 200
     meta = await got.json()
     assert meta["views"] == 0 and meta["title"] == "My clip"
+    # Nothing is streamed until processing has made the video ready.
+    assert (await client.get(video["stream_url"])).status == 404
+    await make_ready(client.server.app, video["id"])
     stream = await client.get(video["stream_url"])
     assert await stream.read() == data
 
@@ -69,6 +73,7 @@ async def test_type_comes_from_magic_bytes(client, head, content_type):
     assert resp.status == 201, await resp.text()
     video = await resp.json()
     assert video["content_type"] == content_type
+    await make_ready(client.server.app, video["id"])
     stream = await client.get(video["stream_url"])
     assert stream.headers["Content-Type"] == content_type
 
@@ -198,8 +203,7 @@ async def test_list_is_newest_first_with_keyset_pagination(client, api_error):
     token = await new_user_token(client)
     ids = []
     for i in range(5):
-        resp = await upload(client, token, fake_mp4(1000, seed=i), title=f"v{i}")
-        ids.append((await resp.json())["id"])
+        ids.append((await upload_ready(client, token, fake_mp4(1000, seed=i), title=f"v{i}"))["id"])
     seen = []
     cursor = None
     while True:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.core.clients import client_ip, hash_secret, ip_key
+from server.core.clients import hash_secret, ip_key, request_ip
 from server.core.config import Config
 from server.core.ratelimit import Hit, Limit, RateLimiter
 
@@ -58,8 +58,7 @@ class AuthThrottle:
         return self._limiter.limit(name, key, self._count, self._window)
 
     def _address_key(self, request: web.Request) -> str:
-        address = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
-                            self._proxies)
+        address = request_ip(request.remote, request.headers, self._proxies)
         return ip_key(address, self._secret)
 
     def _account_key(self, email: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.accounts.auth import authenticated_user
+from server.accounts.auth import authenticated_user, optional_user
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, VIEW_TOTALS_KEY
 from server.core.loops import run_every, stop
 from server.core.validation import positive_int
@@ -31,8 +31,10 @@ async def list_videos(request: web.Request) -> web.Response:
     assert limit is not None
     cursor = request.query.get("cursor")
     before = positive_int(cursor, "cursor") if cursor else None
-    rows = await request.app[CATALOG_KEY].page(before, limit)
-    items = [video_json(r) for r in await with_current_views(request.app, rows)]
+    # A caller with a valid token also sees their own videos still processing or failed.
+    viewer = optional_user(request)
+    rows = await request.app[CATALOG_KEY].page(before, limit, viewer)
+    items = [video_json(r, viewer) for r in await with_current_views(request.app, rows)]
     next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
@@ -41,7 +43,7 @@ async def list_videos(request: web.Request) -> web.Response:
 async def get_video(request: web.Request) -> web.Response:
     row = await request.app[CATALOG_KEY].get(request.match_info["id"])
     [row] = await with_current_views(request.app, [row])
-    return web.json_response(video_json(row))
+    return web.json_response(video_json(row, optional_user(request)))
 
 
 @routes.delete("/videos/{id}", name="delete_video")

@@ -1,4 +1,10 @@
-"""Video records: read, list, create and delete, their stored files, and their JSON form."""
+"""Video records: read, list, create and delete, their stored files, and their JSON form.
+
+A video is created `processing`, with its processing job queued in the same
+transaction (sql/queries/processing.sql, the job in server/ingest/jobs.py), so
+none is ever left processing without a job. The job makes it `ready` (its
+stream, poster and storyboard files) or `failed` with a reason.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,15 @@ class VideoNotFound(NotFound):
         super().__init__("No such video")
 
 
-def video_json(row: dict[str, Any]) -> dict[str, Any]:
+# The columns that name stored files; deleting a video removes every one.
+FILE_COLUMNS = ("storage_key", "original_key", "poster_key", "storyboard_key",
+                "storyboard_vtt_key")
+
+
+def video_json(row: dict[str, Any], viewer: int | None = None) -> dict[str, Any]:
+    """The API's form of a video row; why it failed is for its author (`viewer`) alone."""
+    video_id = row["id"]
+    ready = row["status"] == "ready"
     return {
         "id": row["id"],
         "title": row["title"],
@@ -41,7 +55,18 @@ def video_json(row: dict[str, Any]) -> dict[str, Any]:
         "duration": row["duration"],
         "views": row["views"],
         "created_at": row["created_at"].isoformat(),
-        "stream_url": f"/videos/{row['id']}/stream",
+        "stream_url": f"/videos/{video_id}/stream",
+        "status": row["status"],
+        "failure_reason": row["failure_reason"] if viewer == row["author_id"] else None,
+        "progress": row["progress"],
+        "width": row["width"],
+        "height": row["height"],
+        "video_codec": row["video_codec"],
+        "audio_codec": row["audio_codec"],
+        "poster_url": f"/videos/{video_id}/poster.jpg"
+        if ready and row["poster_key"] else None,
+        "storyboard_url": f"/videos/{video_id}/storyboard.vtt"
+        if ready and row["storyboard_vtt_key"] else None,
     }
 
 
@@ -61,15 +86,19 @@ class Catalog:
             raise VideoNotFound()
         return row
 
-    async def page(self, before: int | None, limit: int) -> list[dict[str, Any]]:
-        return await self._db.all("list_videos", {"before": before, "limit": limit})
+    async def page(self, before: int | None, limit: int,
+                   viewer: int | None = None) -> list[dict[str, Any]]:
+        """Ready videos newest first, with the viewer's own of any status among them."""
+        return await self._db.all("list_videos", {"before": before, "limit": limit,
+                                                  "viewer": viewer})
 
     async def delete(self, raw_id: str, user_id: int) -> None:
-        """Delete the row and record the change in one transaction, then remove the file.
+        """Delete the row and record the change in one transaction, then remove its files.
 
         Once the row is gone the delete has happened, whatever becomes of the
-        file: a file that cannot be removed now, or that a crash right after the
-        commit leaves behind, has no row, and the orphan sweep removes it.
+        files: one that cannot be removed now, or that a crash right after the
+        commit leaves behind, has no row, and the orphan sweep removes it. A
+        processing job that finishes later finds no row and removes what it made.
         """
         video_id = parse_video_id(raw_id)
         if video_id is None:
@@ -86,14 +115,18 @@ class Catalog:
             deleted = await cur.fetchone()
             seq = await self._changes.record(cur, video_id, "deleted")
         self._changes.applied(video_id, seq)
-        try:
-            await unlink(storage_path(self._storage_dir, deleted["storage_key"]))
-        except OSError as exc:
-            log.warning("file of deleted video %d not removed (%s); the orphan sweep "
-                        "will remove it", video_id, exc)
+        for column in FILE_COLUMNS:
+            if deleted[column] is None:
+                continue
+            try:
+                await unlink(storage_path(self._storage_dir, deleted[column]))
+            except OSError as exc:
+                log.warning("file of deleted video %d not removed (%s); the orphan sweep "
+                            "will remove it", video_id, exc)
 
     async def create(self, values: dict[str, Any], staged: Path) -> dict[str, Any]:
-        """Insert a video row and move its staged file into place, in one transaction.
+        """Insert a video row, queue its processing and move its staged file into place,
+        in one transaction.
 
         `values["storage_key"]` names the file's place. If anything fails before
         the commit, or the server refuses the commit, the file is removed again:
@@ -109,6 +142,7 @@ class Catalog:
             async with self._db.transaction() as cur:
                 await cur.execute(queries["insert_video"], values)
                 row = dict(await cur.fetchone())
+                await cur.execute(queries["defer_processing"], {"id": row["id"]})
                 await asyncio.to_thread(os.replace, staged, target)
                 seq = await self._changes.record(cur, row["id"], "created")
                 committing = True
@@ -134,8 +168,7 @@ class Catalog:
         removed = 0
         for start in range(0, len(keys), SWEEP_BATCH):
             chunk = keys[start:start + SWEEP_BATCH]
-            named = {r["storage_key"] for r in await self._db.all("stored_keys",
-                                                                   {"keys": chunk})}
+            named = {r["key"] for r in await self._db.all("stored_keys", {"keys": chunk})}
             for key in chunk:
                 if key in named:
                     continue

@@ -12,6 +12,8 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from multidict import MultiMapping
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,6 +67,17 @@ def from_trusted_proxy(remote: str | None, trusted_proxies: Iterable[Network]) -
     """Whether the peer is one of the proxies whose forwarding headers are believed."""
     address = parse_address(remote) if remote else None
     return address is not None and _trusted(address, trusted_proxies)
+
+
+def request_ip(remote: str | None, headers: MultiMapping[str],
+               trusted_proxies: Iterable[Network]) -> Address | None:
+    """The client's address behind the request: `client_ip` over every X-Forwarded-For line.
+
+    Proxies may append a header line of their own rather than extend the last one,
+    so all lines are read, in order, as one list.
+    """
+    forwarded = ", ".join(headers.getall("X-Forwarded-For", ())) or None
+    return client_ip(remote, forwarded, trusted_proxies)
 
 
 def client_ip(remote: str | None, forwarded_for: str | None,

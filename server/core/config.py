@@ -14,6 +14,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow")
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the server cannot use."""
@@ -53,6 +56,8 @@ ENVIRONMENT: tuple[Variable, ...] = (
              "login and register attempts per address (and per account) per window"),
     Variable("AUTH_RATE_WINDOW", "auth_rate_window", "that window, seconds"),
     Variable("MAX_UPLOAD_BYTES", "max_upload_bytes", "largest accepted video file"),
+    Variable("UPLOAD_EXPIRY", "upload_expiry",
+             "seconds an unfinished resumable upload is kept after its last byte arrived"),
     Variable("STREAM_CACHE_SECONDS", "stream_cache_seconds", "max-age sent with media"),
     Variable("ALLOWED_ORIGINS", "allowed_origins",
              "comma-separated origins besides our own that may open the viewer socket "
@@ -75,10 +80,30 @@ ENVIRONMENT: tuple[Variable, ...] = (
              "seconds to wait for a PostgreSQL connection or statement before a 503"),
     Variable("HEADER_TIMEOUT", "header_timeout",
              "seconds a client has to send a request's headers"),
+    Variable("MAX_VIDEO_DURATION", "max_video_duration",
+             "longest accepted video, seconds; longer uploads fail processing"),
+    Variable("MAX_VIDEO_PIXELS", "max_video_pixels",
+             "largest accepted picture, width times height (no side over 16384)"),
+    Variable("TRANSCODE_MAX_HEIGHT", "transcode_max_height",
+             "videos are scaled to fit a 16:9 box this many lines high (turned for portrait)"),
+    Variable("TRANSCODE_CRF", "transcode_crf", "x264 constant rate factor (0-51, lower is better)"),
+    Variable("TRANSCODE_PRESET", "transcode_preset", "x264 preset (ultrafast ... veryslow)"),
+    Variable("FFMPEG_THREADS", "ffmpeg_threads", "threads one ffmpeg run may use"),
+    Variable("FFMPEG_TIMEOUT", "ffmpeg_timeout",
+             "seconds one ffmpeg run may take, besides the allowance per second of video"),
+    Variable("FFMPEG_TIMEOUT_PER_SECOND", "ffmpeg_timeout_per_second",
+             "seconds of processing allowed per second of video"),
+    Variable("FFMPEG_MEMORY_BYTES", "ffmpeg_memory_bytes",
+             "address-space limit of one ffmpeg or ffprobe run, bytes"),
+    Variable("WORKER_CONCURRENCY", "worker_concurrency",
+             "processing jobs one worker runs at once (python -m server worker)"),
+    Variable("WORKER_STALLED_AFTER", "worker_stalled_after",
+             "seconds without a heartbeat after which a worker's jobs are run again"),
+    Variable("PROCESSING_RETRY_WAIT", "processing_retry_wait",
+             "seconds before a processing job that failed for a transient reason is retried "
+             "(four times that before its last try)"),
     Variable("LOG_LEVEL", "log_level", "logging level"),
     Variable("ACCESS_LOG", "access_log", "0 turns the access log off", "1"),
-    Variable("TUBELET_DEV", "dev_mode",
-             "1 marks a development run; python -m server.dev sets it", "0"),
 )
 _DECLARED = frozenset(variable.name for variable in ENVIRONMENT)
 
@@ -98,6 +123,7 @@ class Config:
     refresh_token_ttl: int = 30 * 24 * 3600
     bcrypt_rounds: int = 12
     max_upload_bytes: int = 4 * 1024**3
+    upload_expiry: int = 24 * 3600
     stream_cache_seconds: int = 3600
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
@@ -117,7 +143,18 @@ class Config:
     auth_rate_window: int = 60
     presence_max_per_address: int = 32
     header_timeout: float = 10.0
-    dev_mode: bool = False
+    max_video_duration: float = 6 * 3600.0
+    max_video_pixels: int = 8192 * 8192
+    transcode_max_height: int = 1080
+    transcode_crf: int = 23
+    transcode_preset: str = "veryfast"
+    ffmpeg_threads: int = 2
+    ffmpeg_timeout: float = 300.0
+    ffmpeg_timeout_per_second: float = 4.0
+    ffmpeg_memory_bytes: int = 2 * 1024**3
+    worker_concurrency: int = 1
+    worker_stalled_after: float = 30.0
+    processing_retry_wait: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -143,6 +180,7 @@ class Config:
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", base.refresh_token_ttl, low=1),
             bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", base.bcrypt_rounds, low=4, high=16),
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", base.max_upload_bytes, low=1),
+            upload_expiry=_int(env, "UPLOAD_EXPIRY", base.upload_expiry, low=1),
             stream_cache_seconds=_int(
                 env, "STREAM_CACHE_SECONDS", base.stream_cache_seconds, low=0
             ),
@@ -156,7 +194,7 @@ class Config:
             ),
             presence_ttl=_float(env, "PRESENCE_TTL", base.presence_ttl, low=1),
             heartbeat=_float(env, "HEARTBEAT", base.heartbeat, low=0.5),
-            log_level=env.get("LOG_LEVEL", base.log_level).upper(),
+            log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS).upper(),
             access_log=env.get("ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no"},
             db_pool_size=_int(env, "DB_POOL_SIZE", base.db_pool_size, low=1, high=1000),
             db_timeout=_float(env, "DB_TIMEOUT", base.db_timeout, low=0.1),
@@ -169,7 +207,26 @@ class Config:
             presence_max_per_address=_int(env, "PRESENCE_MAX_PER_ADDRESS",
                                           base.presence_max_per_address, low=1),
             header_timeout=_float(env, "HEADER_TIMEOUT", base.header_timeout, low=0.1),
-            dev_mode=env.get("TUBELET_DEV", "0").strip().lower() in {"1", "true", "yes"},
+            max_video_duration=_float(env, "MAX_VIDEO_DURATION", base.max_video_duration,
+                                      low=1),
+            max_video_pixels=_int(env, "MAX_VIDEO_PIXELS", base.max_video_pixels, low=4),
+            transcode_max_height=_int(env, "TRANSCODE_MAX_HEIGHT", base.transcode_max_height,
+                                      low=16, high=16384),
+            transcode_crf=_int(env, "TRANSCODE_CRF", base.transcode_crf, low=0, high=51),
+            transcode_preset=_choice(env, "TRANSCODE_PRESET", base.transcode_preset,
+                                     X264_PRESETS),
+            ffmpeg_threads=_int(env, "FFMPEG_THREADS", base.ffmpeg_threads, low=1, high=64),
+            ffmpeg_timeout=_float(env, "FFMPEG_TIMEOUT", base.ffmpeg_timeout, low=1),
+            ffmpeg_timeout_per_second=_float(env, "FFMPEG_TIMEOUT_PER_SECOND",
+                                             base.ffmpeg_timeout_per_second, low=0),
+            ffmpeg_memory_bytes=_int(env, "FFMPEG_MEMORY_BYTES", base.ffmpeg_memory_bytes,
+                                     low=64 * 1024**2),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency,
+                                    low=1, high=64),
+            worker_stalled_after=_float(env, "WORKER_STALLED_AFTER", base.worker_stalled_after,
+                                        low=1),
+            processing_retry_wait=_float(env, "PROCESSING_RETRY_WAIT",
+                                         base.processing_retry_wait, low=0),
         )
 
 
@@ -215,6 +272,17 @@ def _float(env: Mapping[str, str], name: str, default: float, *, low: float) -> 
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not value >= low:
         raise ConfigError(f"{name} must be at least {low}")
+    return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str,
+            choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}")
     return value
 
 

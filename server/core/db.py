@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.resources
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -33,6 +35,9 @@ MIGRATION_TIMEOUT = 600.0
 # A connection that raised one of these may be dead; named reads retry once.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 COMMENT_RE = re.compile(r"^\s*--[^\n]*\n", re.MULTILINE)
+# A migration line naming a library whose own tables it brings (see PackageSchema).
+PACKAGE_SCHEMA_RE = re.compile(r"^--\s*package-schema:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+PACKAGE_MIGRATION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)_(\d+)_[a-z0-9_]+\.sql$")
 
 
 class Queries(Mapping[str, str]):
@@ -85,9 +90,94 @@ def migration_files(directory: Path = SQL_DIR) -> list[tuple[int, Path]]:
     return found
 
 
+Version = tuple[int, ...]
+
+
+def parse_version(text: str) -> Version:
+    """'3.10.0' -> (3, 10, 0); a pre-release suffix counts as its release."""
+    return tuple(int(re.sub(r"\D.*", "", part) or 0) for part in text.split(".")[:3])
+
+
+def package_steps(names: list[str], recorded: Version, installed: Version) -> list[str]:
+    """The migration files that take a library's schema from `recorded` to `installed`.
+
+    Each file is named after the version that introduced it, so the steps are
+    those past the recorded version and up to the installed one, in name order.
+    """
+    steps = []
+    for name in names:
+        match = PACKAGE_MIGRATION_RE.match(name)
+        if match and recorded < tuple(int(g) for g in match.groups()[:3]) <= installed:
+            steps.append(name)
+    return sorted(steps)
+
+
+class PackageSchema:
+    """The tables a library keeps in our database, in the shape it ships them.
+
+    Such a library (procrastinate does) ships `sql/schema.sql`, its whole schema
+    at the installed version, and `sql/migrations/MM.mm.pp_NN_name.sql`, the
+    steps to each version. A migration that says `-- package-schema: NAME`
+    applies the whole schema once, in that migration's transaction; the version
+    applied is kept in schema_packages. Whenever the installed library is newer,
+    the next migrate applies the steps in between (its "pre" and "post" steps
+    alike, so processes of the old version should be stopped first): an upgrade
+    is a new pin and a restart.
+    """
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self._sql = importlib.resources.files(package) / "sql"
+
+    @property
+    def version(self) -> str:
+        return importlib.metadata.version(self.package)
+
+    def schema(self) -> str:
+        return (self._sql / "schema.sql").read_text(encoding="utf-8")
+
+    def steps(self, recorded: str) -> list[tuple[str, str]]:
+        """(name, SQL) of each migration file between `recorded` and the installed version."""
+        folder = self._sql / "migrations"
+        names = [entry.name for entry in folder.iterdir()]
+        return [(name, (folder / name).read_text(encoding="utf-8"))
+                for name in package_steps(names, parse_version(recorded),
+                                          parse_version(self.version))]
+
+
+async def _apply_package_schemas(cur: Statements, sql: str) -> None:
+    """Inside a migration's transaction: the whole schema of each library it names."""
+    for package in PACKAGE_SCHEMA_RE.findall(sql):
+        schema = PackageSchema(package)
+        await cur.execute(schema.schema())
+        await cur.execute("INSERT INTO schema_packages (package, version) VALUES (%s, %s)",
+                          (package, schema.version))
+        log.info("applied the schema of %s %s", package, schema.version)
+
+
+async def _upgrade_package_schemas(cur: Statements) -> None:
+    await cur.execute("SELECT package, version FROM schema_packages")
+    for package, recorded in await cur.fetchall():
+        schema = PackageSchema(package)
+        installed = schema.version
+        if parse_version(installed) == parse_version(recorded):
+            continue
+        if parse_version(installed) < parse_version(recorded):
+            log.warning("%s %s is installed but the database has the schema of %s",
+                        package, installed, recorded)
+            continue
+        async with cur.begin():
+            for name, step in schema.steps(recorded):
+                await cur.execute(step)
+                log.info("applied %s migration %s", package, name)
+            await cur.execute("UPDATE schema_packages SET version = %s, applied_at = now() "
+                              "WHERE package = %s", (installed, package))
+
+
 async def migrate(dsn: str, directory: Path = SQL_DIR, *,
                   connect_timeout: float = 5.0) -> list[int]:
-    """Apply pending migrations, each in its own transaction.
+    """Apply pending migrations, each in its own transaction, and bring the schemas
+    of libraries (PackageSchema) up to their installed versions.
 
     A session advisory lock serialises concurrent starters: the second waits,
     then finds nothing left to apply. Reaching the server is bounded by
@@ -106,13 +196,22 @@ async def migrate(dsn: str, directory: Path = SQL_DIR, *,
                 " name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            await cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_packages ("
+                " package text PRIMARY KEY,"
+                " version text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await _upgrade_package_schemas(cur)
             await cur.execute("SELECT version FROM schema_migrations")
             done = {row[0] for row in await cur.fetchall()}
             for version, path in migration_files(directory):
                 if version in done:
                     continue
                 async with cur.begin():
-                    await cur.execute(path.read_text(encoding="utf-8"))
+                    sql = path.read_text(encoding="utf-8")
+                    await cur.execute(sql)
+                    await _apply_package_schemas(cur, sql)
                     await cur.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (version, path.name),

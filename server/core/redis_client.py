@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from .keys import BUS_KEY, CONFIG_KEY, REDIS_KEY
+from .keyspace import Keyspace
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +24,14 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class Bus:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
-        self.prefix = prefix
+        # Channel names, namespaced like every key.
+        self.key = keys
         self._channels: dict[str, MessageHandler] = {}
         self._patterns: dict[str, MessageHandler] = {}
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
-
-    def key(self, *parts: object) -> str:
-        """A namespaced Redis key or channel name."""
-        return ":".join([self.prefix, *(str(p) for p in parts)])
 
     def on(self, channel: str, handler: MessageHandler) -> None:
         self._channels[channel] = handler
@@ -114,7 +112,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     async with asyncio.timeout(config.db_timeout):
         await client.ping()
     app[REDIS_KEY] = client
-    app[BUS_KEY] = Bus(client, config.redis_prefix)
+    app[BUS_KEY] = Bus(client, Keyspace(config.redis_prefix))
     try:
         yield
     finally:

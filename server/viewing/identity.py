@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.core.clients import (
-    client_ip,
     from_trusted_proxy,
     hash_secret,
     ip_key,
     is_bot,
+    request_ip,
     viewer_key,
 )
 from server.core.errors import Forbidden
@@ -44,8 +44,7 @@ def identify(request: web.Request, user_id: int | None) -> Watcher:
     """The viewer behind a request: views and presence both count by this."""
     config = request.app[CONFIG_KEY]
     secret = hash_secret(config.jwt_secret)
-    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) or None
-    address = client_ip(request.remote, forwarded, config.trusted_proxies)
+    address = request_ip(request.remote, request.headers, config.trusted_proxies)
     agent = request.headers.get("User-Agent", "")
     return Watcher(viewer_key(user_id, address, agent, secret), ip_key(address, secret),
                    is_bot(agent))

@@ -20,7 +20,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.catalog.handlers import CATALOG_KEY, with_current_views
-from server.catalog.records import VideoNotFound
+from server.catalog.records import VideoNotFound, video_json
+from server.core.errors import ApiError, NotFound
 from server.core.ids import parse_video_id
 from server.core.keys import CONFIG_KEY, HTML_ERRORS_KEY, LIVE_COUNTS_KEY
 
@@ -104,10 +105,13 @@ async def home(request: web.Request) -> web.Response:
     if raw_cursor:
         before = parse_video_id(raw_cursor)
         if before is None:
-            raise web.HTTPBadRequest(text="That page link is broken.")
+            raise ApiError(400, "bad_request", "That page link is broken.")
     # One extra row tells whether an older page exists.
     rows = await request.app[CATALOG_KEY].page(before, PAGE_SIZE + 1)
-    videos = await with_current_views(request.app, rows[:PAGE_SIZE])
+    # The page is the same for everybody: ready videos only (the author's others
+    # are added by the page's script).
+    videos = [presented(row) for row in await with_current_views(request.app,
+                                                                  rows[:PAGE_SIZE])]
     watching = await watching_now(request.app, [video["id"] for video in videos])
     return render(request, "home.html", {
         "videos": videos,
@@ -122,10 +126,10 @@ async def watch(request: web.Request) -> web.Response:
     try:
         video = await request.app[CATALOG_KEY].get(request.match_info["id"])
     except VideoNotFound:
-        # The page's 404 is HTML, not the API's JSON error.
-        raise web.HTTPNotFound(text="This video does not exist, or it was deleted.") from None
+        # Rendered as the HTML 404 page by the error middleware, like every page error.
+        raise NotFound("This video does not exist, or it was deleted.") from None
     [video] = await with_current_views(request.app, [video])
-    return render(request, "watch.html", {"video": video})
+    return render(request, "watch.html", {"video": presented(video)})
 
 
 @routes.get("/login", name="page_login")
@@ -146,6 +150,15 @@ async def upload_page(request: web.Request) -> web.Response:
 
 PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register",
                          "page_upload"})
+
+
+def presented(row: dict[str, Any]) -> dict[str, Any]:
+    """A video row with what the API derives from it (status, poster and storyboard URLs).
+
+    Read as by nobody in particular: a page is rendered alike for everyone, so
+    it never carries why a video failed; the author's script asks for that.
+    """
+    return {**video_json(row), "created_at": row["created_at"]}
 
 
 async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, int]:
