@@ -1,14 +1,18 @@
-"""Starting the project's server for the bench and preparing a video through its real API."""
+"""Starting the project's server (and its processing worker) for the bench, and preparing
+videos through its real API."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -28,22 +32,54 @@ class Server:
         return self.proc.pid
 
 
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
 def start(ws: Workspace, label: str, *, workers: int = 1, cpus: set[int] | None = None,
           database_url: str | None = None, extra_env: dict[str, str] | None = None) -> Server:
     """`python -m server` as a user runs it, configured for a quiet, isolated run."""
     port = procs.free_port()
-    storage = ws.storage(label)
+    env = environment(ws, label, database_url=database_url,
+                      extra_env={"PORT": str(port), "WORKERS": str(workers), **(extra_env or {})})
     log = ws.logs / f"tubelet-{label}.log"
+    proc = procs.spawn([sys.executable, "-m", "server"], log, env=env, cpus=cpus)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_http(base + "/videos", proc, log)
+    except BaseException:
+        procs.stop(proc)
+        raise
+    return Server(proc, base, Path(env["STORAGE_DIR"]), log)
+
+
+def start_worker(ws: Workspace, label: str, *, cpus: set[int] | None = None,
+                 database_url: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> Worker:
+    """`python -m server worker` beside the server started with the same label and settings.
+
+    It logs at INFO: its "video N: remux" lines tell which plan each job ran.
+    """
+    env = environment(ws, label, database_url=database_url,
+                      extra_env={"LOG_LEVEL": "INFO", **(extra_env or {})})
+    log = ws.logs / f"worker-{label}.log"
+    return Worker(procs.spawn([sys.executable, "-m", "server", "worker"], log, env=env,
+                              cpus=cpus), log)
+
+
+def environment(ws: Workspace, label: str, *, database_url: str | None = None,
+                extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server or worker: one label, one storage directory."""
     env = dict(os.environ)
     env.pop("AIOHTTP_NO_EXTENSIONS", None)
     env.update({
         "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WORKERS": str(workers),
         "DATABASE_URL": database_url or ws.database_url,
         "REDIS_URL": ws.redis_url,
         "REDIS_PREFIX": ws.redis_prefix,
-        "STORAGE_DIR": str(storage),
+        "STORAGE_DIR": str(ws.storage(label)),
         "JWT_SECRET": secrets.token_urlsafe(48),
         "ACCESS_LOG": "0",
         "LOG_LEVEL": "WARNING",
@@ -54,14 +90,7 @@ def start(ws: Workspace, label: str, *, workers: int = 1, cpus: set[int] | None 
         "PRESENCE_MAX_PER_ADDRESS": "1000000",
         **(extra_env or {}),
     })
-    proc = procs.spawn([sys.executable, "-m", "server"], log, env=env, cpus=cpus)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_http(base + "/videos", proc, log)
-    except BaseException:
-        procs.stop(proc)
-        raise
-    return Server(proc, base, storage, log)
+    return env
 
 
 async def login(session: aiohttp.ClientSession, base: str) -> str:
@@ -77,12 +106,12 @@ async def login(session: aiohttp.ClientSession, base: str) -> str:
 
 
 async def upload_file(session: aiohttp.ClientSession, base: str, token: str, path: Path,
-                      title: str) -> int:
+                      title: str, content_type: str = "video/mp4") -> int:
     """Upload a file from disk; aiohttp streams it in chunks."""
     with open(path, "rb") as body:  # noqa: ASYNC230 - the bench client, not the server
         form = aiohttp.FormData()
         form.add_field("title", title)
-        form.add_field("file", body, filename=path.name, content_type="video/mp4")
+        form.add_field("file", body, filename=path.name, content_type=content_type)
         return await _post_upload(session, base, token, form)
 
 
@@ -127,3 +156,53 @@ def stored_file(storage: Path) -> Path:
     if len(files) != 1:
         raise RuntimeError(f"expected one stored file in {storage}, found {files}")
     return files[0]
+
+
+@dataclass
+class Processed:
+    """A video watched from its upload to `ready`: when each step's progress was first seen.
+
+    `seen` maps a progress value (or "ready") to seconds after the upload was accepted.
+    """
+
+    video_id: int
+    video: dict[str, Any]
+    seen: dict[str, float] = field(default_factory=dict)
+    polls: int = 0
+
+
+async def wait_processed(session: aiohttp.ClientSession, base: str, token: str, video_id: int,
+                         accepted: float, marks: dict[str, float], *, interval: float = 0.025,
+                         timeout: float = 900.0) -> Processed:
+    """Poll GET /videos/{id} until it is ready; fail if it failed or took too long.
+
+    `accepted` is the monotonic time the upload's 201 arrived; `marks` names
+    progress values (as the worker writes them when a step ends) to note the
+    first poll that saw each.
+    """
+    result = Processed(video_id, {})
+    deadline = accepted + timeout
+    headers = {"Authorization": f"Bearer {token}"}
+    while True:
+        async with session.get(f"{base}/videos/{video_id}", headers=headers) as resp:
+            await _expect(resp, 200)
+            video = await resp.json()
+        now = time.monotonic() - accepted
+        result.polls += 1
+        progress = video.get("progress")
+        for name, value in marks.items():
+            # Progress is a PostgreSQL real: 0.9 comes back as 0.8999999761...
+            if name not in result.seen and progress is not None and progress >= value - 1e-6:
+                result.seen[name] = now
+        if video["status"] == "ready":
+            for name in marks:
+                result.seen.setdefault(name, now)
+            result.seen["ready"] = now
+            result.video = video
+            return result
+        if video["status"] == "failed":
+            raise RuntimeError(f"video {video_id} failed processing: "
+                               f"{video.get('failure_reason')}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"video {video_id} not ready after {timeout:.0f}s: {video}")
+        await asyncio.sleep(interval)

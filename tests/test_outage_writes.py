@@ -39,8 +39,9 @@ def storage_dir(client: TestClient) -> Path:
 
 
 def stored_files(client: TestClient) -> list[str]:
-    """Every file in the storage directory, temporary uploads included."""
-    return sorted(p.name for p in storage_dir(client).iterdir())
+    """Every file in the storage directory, temporary uploads included (not the
+    directory holding the marker that names the storage's database)."""
+    return sorted(p.name for p in storage_dir(client).iterdir() if p.name != ".tubelet")
 
 
 def query(database_url: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -261,6 +262,23 @@ async def test_the_sweep_removes_old_files_no_row_names_and_nothing_else(client,
     assert set(stored_files(client)) == before - {lost_key}
     resp = await client.get(kept[0]["stream_url"])
     assert resp.status == 200 and await resp.read() == DATA
+
+
+async def test_the_sweep_spares_a_storage_dir_of_another_database(client, caplog):
+    """Pointed at another database (a restored backup, a reset), every stored file
+    would look orphaned: the marker the directory shares with its database stops it."""
+    directory = storage_dir(client)
+    catalog = client.server.app[CATALOG_KEY]
+    assert await catalog.sweep_orphans(min_age=0.0) == 0  # claims the directory
+    ours = (directory / ".tubelet" / "database-id").read_text().strip()
+    orphan = make_orphan(directory)
+    (directory / ".tubelet" / "database-id").write_text("00000000-0000-0000-0000-000000000000\n")
+    assert await catalog.sweep_orphans(min_age=0.0) == 0
+    assert orphan.exists()
+    assert "belongs to database 00000000-0000-0000-0000-000000000000" in caplog.text
+    (directory / ".tubelet" / "database-id").write_text(ours + "\n")
+    assert await catalog.sweep_orphans(min_age=0.0) == 1
+    assert not orphan.exists()
 
 
 async def test_the_sweep_runs_at_start_up(instance, config, monkeypatch):

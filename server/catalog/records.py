@@ -18,7 +18,7 @@ from server.core.changes import ChangeFeed
 from server.core.db import Database, refused
 from server.core.errors import Forbidden, NotFound
 from server.core.ids import parse_video_id
-from server.core.storage import settled_keys, storage_path, unlink
+from server.core.storage import claim_storage, settled_keys, storage_path, unlink
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,23 @@ class Catalog:
         self._changes.applied(row["id"], seq)
         return row
 
+    async def _storage_is_ours(self) -> bool:
+        """Whether STORAGE_DIR belongs to this database, by the marker they share.
+
+        A directory without a marker is claimed by the first database to sweep it.
+        Pointed at another database (a restored backup, a fresh one after a reset),
+        every file would look orphaned: the sweep then removes nothing.
+        """
+        row = await self._db.one("instance_id")
+        assert row is not None
+        ours = row["id"]
+        theirs = await asyncio.to_thread(claim_storage, self._storage_dir, ours)
+        if theirs != ours:
+            log.warning("STORAGE_DIR %s belongs to database %s, not this one (%s): stored "
+                        "files are not swept", self._storage_dir, theirs, ours)
+            return False
+        return True
+
     async def sweep_orphans(self, min_age: float | None = None) -> int:
         """Remove stored files that no video row names; the number removed.
 
@@ -163,6 +180,8 @@ class Catalog:
         are candidates, so a file moved into place by an upload whose
         transaction has not committed yet is never touched.
         """
+        if not await self._storage_is_ours():
+            return 0
         age = ORPHAN_MIN_AGE if min_age is None else min_age
         keys = await asyncio.to_thread(settled_keys, self._storage_dir, age)
         removed = 0

@@ -56,3 +56,28 @@ def settled_keys(storage_dir: Path, min_age: float) -> list[str]:
                                                             stat.st_ctime) < cutoff:
                 keys.append(entry.name)
     return keys
+
+
+# A directory of its own, so listings of stored files never meet it.
+MARKER = Path(".tubelet") / "database-id"
+
+
+def claim_storage(directory: Path, database_id: str) -> str:
+    """The id of the database `directory` belongs to, claiming it for `database_id`
+    if it has no marker yet."""
+    marker = directory / MARKER
+    try:
+        return marker.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    temp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    temp.write_text(database_id + "\n", encoding="ascii")
+    try:
+        # Two processes claiming at once: the first link wins, and both read it.
+        os.link(temp, marker)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+    return marker.read_text(encoding="ascii").strip()

@@ -52,3 +52,6 @@ WHERE EXISTS (
     WHERE v.storage_key = k.key OR v.original_key = k.key OR v.poster_key = k.key
        OR v.storyboard_key = k.key OR v.storyboard_vtt_key = k.key
 );
+
+-- name: instance_id
+SELECT id::text AS id FROM instance;
