@@ -2,7 +2,9 @@
 
 Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler and nginx
 with wrk, one server process each; row d opens thousands of live-viewer WebSockets; row e
-watches memory while multi-GB files go in and out. The table is printed and saved as JSON.
+watches memory while multi-GB files go in and out; row p times the processing worker on a
+1080p clip; row f counts the requests Chromium makes before a ready video's first frame.
+The table is printed and saved as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from .report import Row, ratio, save, table
 from .workspace import Workspace, make_media, sha256_of
 
 HERE = Path(__file__).resolve().parent
+ALL_ROWS = ("a", "b", "c", "s", "d", "e", "p", "f")
+# The rows measured against the main server and its 64 MiB file.
+SERVING_ROWS = {"a", "b", "c", "s", "d", "e"}
 MiB = 2**20
 GiB = 2**30
 
@@ -57,9 +62,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: short loads, small N, small large file")
-    parser.add_argument("--rows", default="a,b,c,s,d,e",
+    parser.add_argument("--rows", default=",".join(ALL_ROWS),
                         help="which rows to run: a b c (HTTP), s (WORKERS scaling), "
-                             "d (presence), e (multi-GB memory); default all")
+                             "d (presence), e (multi-GB memory), p (processing speed), "
+                             "f (requests before the first frame); default all")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 6)")
     parser.add_argument("--warmup", type=float, help="unrecorded seconds before each run")
     parser.add_argument("--rounds", type=int,
@@ -76,6 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="count changes timed per N in row d (default 5)")
     parser.add_argument("--large-gib", type=float,
                         help="size of row e's upload and download (default 2; 0 skips)")
+    parser.add_argument("--clip-seconds", type=float,
+                        help="length of rows p and f's 1080p clips (default 30)")
+    parser.add_argument("--media-rounds", type=int,
+                        help="uploads of each clip in row p, page loads in row f (default 3)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin servers to CPU 0 and wrk to CPU 1")
     parser.add_argument("--results", type=Path, default=HERE / "results",
@@ -95,6 +105,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.viewers = [int(n) for n in (args.viewers or ("200,1000" if quick
                                                       else "1000,5000,10000")).split(",")]
     args.large_gib = args.large_gib if args.large_gib is not None else (0.25 if quick else 2.0)
+    args.clip_seconds = args.clip_seconds or (8.0 if quick else 30.0)
+    args.media_rounds = args.media_rounds or (1 if quick else 3)
     if args.latest is None and not quick:
         args.latest = HERE / "latest.json"
     args.rows = set(args.rows.split(","))
@@ -118,13 +130,14 @@ def running(proc_name: str, proc: Any) -> Iterator[Any]:
         procs.stop(proc)
 
 
-def start_fileresponse(ws: Workspace, file: Path, cpus: set[int] | None) -> Any:
+def start_fileresponse(ws: Workspace, file: Path, cpus: set[int] | None,
+                       page: bool = False) -> Any:
     port = procs.free_port()
     log = ws.logs / "fileresponse.log"
     env = dict(os.environ)
     env.pop("AIOHTTP_NO_EXTENSIONS", None)
-    proc = procs.spawn([sys.executable, "-m", PEER_MODULE, str(file), str(port)], log,
-                       env=env, cpus=cpus)
+    proc = procs.spawn([sys.executable, "-m", PEER_MODULE, str(file), str(port),
+                        *(["--page"] if page else [])], log, env=env, cpus=cpus)
     url = f"http://127.0.0.1:{port}/file"
     procs.wait_http(url, proc, log)
     return proc, url
@@ -297,6 +310,106 @@ def _delete(base: str, token: str, video_id: int) -> None:
         pass
 
 
+def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitStack,
+                missing: list[str], cpus: tuple[set[int] | None, set[int] | None],
+                notes: list[str], log: Any) -> list[Row]:
+    """Rows a-e: the main server, one uploaded 64 MiB file, and the peers serving it."""
+    server_cpus, load_cpus = cpus
+    rows: list[Row] = []
+    size = args.file_mib * MiB
+    media = ws.root / "source.mp4"
+    sha = make_media(media, size)
+
+    server = tubelet.start(ws, "main", cpus=server_cpus)
+    stack.enter_context(running("tubelet", server.proc))
+
+    async def prepare() -> tuple[str, int]:
+        async with aiohttp.ClientSession() as session:
+            token = await tubelet.login(session, server.base)
+            return token, await tubelet.upload_file(session, server.base, token, media,
+                                                    "bench")
+
+    with procs.RssSampler(server.pid) as upload_rss:
+        token, video_id = asyncio.run(prepare())
+    stored = tubelet.stored_file(server.storage)
+    if sha256_of(stored) != sha:
+        raise RuntimeError("the stored upload differs from the source file")
+    log(f"uploaded {args.file_mib} MiB as video {video_id}: {stored.name} "
+        f"(server RSS {upload_rss.before / MiB:.0f} -> peak {upload_rss.peak / MiB:.0f} MiB)")
+
+    targets = [Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)]
+    http_wanted = bool({"a", "b", "c", "s"} & args.rows) and "wrk" not in missing
+    if http_wanted:
+        proc, url = start_fileresponse(ws, stored, server_cpus)
+        stack.enter_context(running("fileresponse", proc))
+        targets.append(Target("fileresponse", url, proc.pid))
+        if "nginx" not in missing:
+            proc, url = start_nginx(ws, stored, server_cpus)
+            stack.enter_context(running("nginx", proc))
+            targets.append(Target("nginx", url, proc.pid))
+        for target in targets:
+            check.verify(target.url, stored, sha)
+        log("all targets serve identical bytes; loading with wrk")
+        rows += run_http(args, targets, size, load_cpus, log)
+        if "c" in args.rows:
+            c = next(row for row in rows if row.key == "c")
+            detail = max(c.detail["runs"]["tubelet"],
+                         key=lambda run: run["server_rss_peak_mib"])
+            notes.append(f"tubelet RSS during row c: {detail['server_rss_before_mib']} MiB "
+                         f"before, {detail['server_rss_peak_mib']} MiB peak")
+        if "s" in args.rows:
+            rows.append(run_scaling(args, ws, targets[0], video_id, size, log))
+
+    if "e" in args.rows and args.large_gib > 0:
+        rows.append(run_large(args, server, token, log))
+
+    if "d" in args.rows:
+        from . import presence
+
+        rows += presence.run(args, ws, video_id, server_cpus, load_cpus, log)
+    return rows
+
+
+def run_media(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitStack,
+              notes: list[str], log: Any) -> list[Row]:
+    """Rows p and f: a server and a processing worker of their own, and real 1080p clips."""
+    from . import clips, first_frame, processing
+
+    try:
+        clips.ffmpeg_binary()
+    except RuntimeError as exc:
+        notes.append(f"rows p and f not measured: {exc}")
+        log(f"NOTE: {notes[-1]}")
+        return []
+    site = processing.open_site(ws, log)
+    stack.callback(site.close)
+    notes.append("rows p and f: their server, worker and browser are not pinned; the worker's "
+                 "ffmpeg uses FFMPEG_THREADS threads")
+    rows: list[Row] = []
+    remuxed = None
+    if "p" in args.rows:
+        found, remuxed = processing.run(args, site, log)
+        rows += found
+    if "f" in args.rows:
+        why = first_frame.chromium_missing()
+        if why is not None:
+            notes.append(f"row f not measured: {why}")
+            log(f"NOTE: {notes[-1]}")
+            return rows
+        if remuxed is None:
+            remuxed = site.process(site.clip("h264", args.clip_seconds), "bench first frame")
+        video = remuxed.processed.video
+        what = (f"{video['duration']:.0f} s {video['width']}x{video['height']} "
+                f"{video['video_codec']}, remuxed by the worker "
+                f"({video['size'] / MiB:.1f} MiB)")
+        # The upload as it came, on a bare page of the FileResponse peer, for contrast.
+        proc, url = start_fileresponse(ws, remuxed.clip.path, None, page=True)
+        stack.enter_context(running("fileresponse-original", proc))
+        rows.append(first_frame.run(args, site.server.base, remuxed.processed.video_id, what,
+                                    url.removesuffix("/file"), log))
+    return rows
+
+
 def peers_missing() -> list[str]:
     missing = []
     if wrk.wrk_binary() is None:
@@ -335,57 +448,10 @@ def main(argv: list[str]) -> int:
     rows: list[Row] = []
     with Workspace(database_url, redis_url, keep=args.keep) as ws, contextlib.ExitStack() as stack:
         log(f"workspace: {ws.root}")
-        size = args.file_mib * MiB
-        media = ws.root / "source.mp4"
-        sha = make_media(media, size)
-
-        server = tubelet.start(ws, "main", cpus=server_cpus)
-        stack.enter_context(running("tubelet", server.proc))
-
-        async def prepare() -> tuple[str, int]:
-            async with aiohttp.ClientSession() as session:
-                token = await tubelet.login(session, server.base)
-                return token, await tubelet.upload_file(session, server.base, token, media,
-                                                        "bench")
-
-        with procs.RssSampler(server.pid) as upload_rss:
-            token, video_id = asyncio.run(prepare())
-        stored = tubelet.stored_file(server.storage)
-        if sha256_of(stored) != sha:
-            raise RuntimeError("the stored upload differs from the source file")
-        log(f"uploaded {args.file_mib} MiB as video {video_id}: {stored.name} "
-            f"(server RSS {upload_rss.before / MiB:.0f} -> peak {upload_rss.peak / MiB:.0f} MiB)")
-
-        targets = [Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)]
-        http_wanted = bool({"a", "b", "c", "s"} & args.rows) and "wrk" not in missing
-        if http_wanted:
-            proc, url = start_fileresponse(ws, stored, server_cpus)
-            stack.enter_context(running("fileresponse", proc))
-            targets.append(Target("fileresponse", url, proc.pid))
-            if "nginx" not in missing:
-                proc, url = start_nginx(ws, stored, server_cpus)
-                stack.enter_context(running("nginx", proc))
-                targets.append(Target("nginx", url, proc.pid))
-            for target in targets:
-                check.verify(target.url, stored, sha)
-            log("all targets serve identical bytes; loading with wrk")
-            rows += run_http(args, targets, size, load_cpus, log)
-            if "c" in args.rows:
-                c = next(row for row in rows if row.key == "c")
-                detail = max(c.detail["runs"]["tubelet"],
-                             key=lambda run: run["server_rss_peak_mib"])
-                notes.append(f"tubelet RSS during row c: {detail['server_rss_before_mib']} MiB "
-                             f"before, {detail['server_rss_peak_mib']} MiB peak")
-            if "s" in args.rows:
-                rows.append(run_scaling(args, ws, targets[0], video_id, size, log))
-
-        if "e" in args.rows and args.large_gib > 0:
-            rows.append(run_large(args, server, token, log))
-
-        if "d" in args.rows:
-            from . import presence
-
-            rows += presence.run(args, ws, video_id, server_cpus, load_cpus, log)
+        if SERVING_ROWS & args.rows:
+            rows += run_serving(args, ws, stack, missing, (server_cpus, load_cpus), notes, log)
+        if {"p", "f"} & args.rows:
+            rows += run_media(args, ws, stack, notes, log)
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     settings = {k: (sorted(v) if isinstance(v, set) else _shown_path(v) if isinstance(v, Path)

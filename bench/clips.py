@@ -11,7 +11,6 @@ than a phone's files of the same length and decode faster.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -97,17 +96,6 @@ def moov_first(head: bytes) -> bool:
 def head_of(path: Path, length: int = 2**20) -> bytes:
     with open(path, "rb") as src:
         return src.read(length)
-
-
-def probe(path: Path) -> dict[str, Any]:
-    """ffprobe's view of the first video stream: codec, size, pixel format."""
-    ffprobe = shutil.which("ffprobe") or "ffprobe"
-    out = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=codec_name,width,height,pix_fmt", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True).stdout
-    streams = json.loads(out).get("streams") or [{}]
-    return streams[0]
 
 
 def _make(out: Path, seconds: float, *codec: str) -> None:

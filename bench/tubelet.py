@@ -173,7 +173,7 @@ class Processed:
 
 async def wait_processed(session: aiohttp.ClientSession, base: str, token: str, video_id: int,
                          accepted: float, marks: dict[str, float], *, interval: float = 0.025,
-                         timeout: float = 900.0) -> Processed:
+                         give_up_after: float = 900.0) -> Processed:
     """Poll GET /videos/{id} until it is ready; fail if it failed or took too long.
 
     `accepted` is the monotonic time the upload's 201 arrived; `marks` names
@@ -181,7 +181,7 @@ async def wait_processed(session: aiohttp.ClientSession, base: str, token: str, 
     first poll that saw each.
     """
     result = Processed(video_id, {})
-    deadline = accepted + timeout
+    deadline = accepted + give_up_after
     headers = {"Authorization": f"Bearer {token}"}
     while True:
         async with session.get(f"{base}/videos/{video_id}", headers=headers) as resp:
@@ -204,5 +204,5 @@ async def wait_processed(session: aiohttp.ClientSession, base: str, token: str, 
             raise RuntimeError(f"video {video_id} failed processing: "
                                f"{video.get('failure_reason')}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"video {video_id} not ready after {timeout:.0f}s: {video}")
+            raise RuntimeError(f"video {video_id} not ready after {give_up_after:.0f}s: {video}")
         await asyncio.sleep(interval)

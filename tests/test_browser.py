@@ -23,6 +23,7 @@ from server.app import create_app
 from server.core.config import Config
 from server.core.keys import CONFIG_KEY
 from server.core.storage import new_storage_key, storage_path
+from server.ingest.jobs import work
 
 from .browser import (
     ARTIFACTS,
@@ -36,7 +37,7 @@ from .browser import (
     sign_up,
     throttle,
 )
-from .conftest import make_ready, require_tool, session_upload
+from .conftest import make_clip, make_ready, require_tool, session_upload
 from .test_pages_processing import Storyboard, make_artifacts, ready_with_files, set_video
 
 pytestmark = pytest.mark.browser
@@ -718,6 +719,9 @@ async def test_a_lost_connection_can_be_retried(serve, browser, seekable_mp4):
     page = await browser.new_page()
     watcher = Watcher(page)
     await watcher.start()
+    # A slow link, so the part after the seek is certainly not buffered yet when the
+    # connection drops, however slowly this test runs.
+    await throttle(page, THROTTLE)
     await page.goto(f"{base}/watch/{video_id}")
     await page.wait_for_function("() => document.getElementById('player').readyState >= 1")
     # From now on the stream's requests fail as a dropped link would.
@@ -787,3 +791,34 @@ async def test_storyboard_files_are_read_as_written(serve, browser):
     # The cue at a time is the last to start by then: the very end keeps its frame.
     assert result["at"] == [0, 0, 2.5, 60, 3600, 3600]
     assert result["none"] is None
+
+
+# --- what a phone records, after processing ------------------------------------
+
+async def test_a_phone_hevc_mov_plays_in_chromium_once_processed(serve, browser, media_dir):
+    """H.265 in a .mov with its index at the end: Chromium cannot decode it as uploaded;
+    processed, the same upload plays (frames decoded, the playhead moving)."""
+    clip = make_clip(
+        media_dir, "phone-browser.mov", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+        "-f", "lavfi", "-i", "sine=frequency=330", "-t", "4", "-c:v", "libx265",
+        "-preset", "ultrafast", "-x265-params", "log-level=error", "-tag:v", "hvc1",
+        "-c:a", "aac", "-shortest", "-f", "mov")
+    server = await serve()
+    _, video_id = await upload_as(server, clip, "From a phone")
+    await work(server.app[CONFIG_KEY], wait=False)
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors = watch_errors(page)
+    await page.goto(f"{base_url(server)}/watch/{video_id}")
+    hevc = await page.evaluate(
+        "document.createElement('video').canPlayType('video/mp4; codecs=\"hvc1.1.6.L93.B0\"')")
+    assert hevc == ""  # why the upload could not be served as it came
+    await page.evaluate("() => { const v = document.querySelector('video');"
+                        " v.muted = true; return v.play(); }")
+    await page.wait_for_function(
+        "() => { const v = document.querySelector('video');"
+        " return v.videoWidth > 0 && v.currentTime > 0.5; }", timeout=20_000)
+    assert await page.evaluate("document.querySelector('video').videoWidth") == 320
+    assert errors == []
+    await context.close()
