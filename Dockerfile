@@ -1,4 +1,5 @@
-# Tubelet: one aiohttp process per container (scale with WORKERS or replicas).
+# Tubelet: one aiohttp process per container (scale with WORKERS or replicas);
+# the same image runs `python -m server worker` for processing jobs.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
     STORAGE_DIR=/data/storage
 
-# ffprobe records each video's duration at upload (the view rule uses it).
+# ffmpeg and ffprobe: probing, remuxing, transcoding, posters and storyboards.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg \
     && rm -rf /var/lib/apt/lists/*

@@ -284,6 +284,7 @@ def run_large(args: argparse.Namespace, server: tubelet.Server, token: str, log:
         started = time.monotonic()
         video_id = asyncio.run(upload())
         up_seconds = time.monotonic() - started
+    tubelet.mark_ready(server, video_id)
     log(f"  e) downloading {size / GiB:g} GiB ...")
     with procs.RssSampler(server.pid) as down:
         got = asyncio.run(_stream_discard(f"{server.base}/videos/{video_id}/stream"))
@@ -331,6 +332,7 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
 
     with procs.RssSampler(server.pid) as upload_rss:
         token, video_id = asyncio.run(prepare())
+    tubelet.mark_ready(server, video_id)
     stored = tubelet.stored_file(server.storage)
     if sha256_of(stored) != sha:
         raise RuntimeError("the stored upload differs from the source file")
