@@ -16,9 +16,10 @@ from .conftest import fake_mp4, login, make_ready, new_user_token, register, upl
 
 
 def stored_files(config) -> list[str]:
+    """The stored files (not the .tubelet directory naming the storage's database)."""
     if not config.storage_dir.exists():
         return []
-    return sorted(os.listdir(config.storage_dir))
+    return sorted(name for name in os.listdir(config.storage_dir) if name != ".tubelet")
 
 
 def video_rows(database_url: str) -> int:
