@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from server.app import create_app
 from server.core.config import ENVIRONMENT, Config, ConfigError
 from server.core.db import migrate
-from server.core.errors import quiet_client_errors
+from server.core.errors import first_line, quiet_client_errors
 from server.core.http import AppRunner
 from server.ingest.jobs import SHUTDOWN_GRACE, work
 from server.viewing.counter import VIEWS_KEY
@@ -248,9 +248,7 @@ def explain(exc: BaseException, config: Config) -> str | None:
         reason = postgres_reason(exc).replace(config.database_url, "the URL")
         return f"cannot use PostgreSQL at {mask_url(config.database_url)}: {reason}"
     if isinstance(exc, RedisError):
-        lines = str(exc).strip().splitlines()
-        return f"cannot use Redis at {mask_url(config.redis_url)}: " \
-               f"{lines[0] if lines else type(exc).__name__}"
+        return f"cannot use Redis at {mask_url(config.redis_url)}: {first_line(exc)}"
     if isinstance(exc, TimeoutError):
         return (f"start-up timed out: PostgreSQL ({mask_url(config.database_url)}) "
                 f"or Redis ({mask_url(config.redis_url)}) did not answer")

@@ -31,6 +31,7 @@ import aiopg
 import psycopg2
 
 from .db import Queries, Statements
+from .errors import first_line
 from .loops import raise_if_cancelled, stop
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class ChangeFeed:
                 if self.connected or not self._failing:
                     if isinstance(exc, LINK_ERRORS):
                         log.warning("video change feed lost (%s); reconnecting",
-                                    _first_line(exc))
+                                    first_line(exc))
                     else:
                         log.exception("video change feed failed; reconnecting")
                     delay = RECONNECT_MIN
@@ -200,8 +201,3 @@ class ChangeFeed:
             return
         self._next_prune = now + PRUNE_EVERY
         await cur.execute(self._queries["prune_video_changes"], {"hours": KEEP_HOURS})
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -128,9 +128,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await _render(request, 500, "internal_error", "Internal server error", {})
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, else its type's name: one log line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    name, line = type(exc).__name__, first_line(exc)
+    return name if line == name else f"{name}: {line}"
 
 
 async def _render(request: web.Request, status: int, code: str, message: str,

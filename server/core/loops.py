@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .errors import DEPENDENCY_ERRORS
+from .errors import DEPENDENCY_ERRORS, first_line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def _every(interval: float, fn: Callable[[], Awaitable[object]], name: str
         except OUTAGES as exc:
             if not failing:
                 log.warning("%s failing, will retry every %gs: %s", name, interval,
-                            str(exc).strip().split("\n", 1)[0] or type(exc).__name__)
+                            first_line(exc))
             failing = True
         except Exception:
             log.exception("%s failed, will retry in %gs", name, interval)

@@ -54,7 +54,6 @@ async def artifact(request: web.Request) -> web.Response:
         "ETag": validators.etag,
         "Last-Modified": format_http_date(validators.last_modified),
         "Cache-Control": f"public, max-age={config.stream_cache_seconds}",
-        "X-Content-Type-Options": "nosniff",
     }
     cond = Conditions(if_none_match=request.headers.get("If-None-Match"),
                       if_modified_since=request.headers.get("If-Modified-Since"))

@@ -35,6 +35,7 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from server.core.changes import ChangeFeed
 from server.core.config import Config
 from server.core.db import Database, Queries
+from server.core.errors import first_line
 from server.core.loops import run_every, stop
 
 from .probe import MediaError
@@ -210,7 +211,7 @@ async def _run_worker(app: procrastinate.App, options: dict[str, Any]) -> None:
             raise
         except Exception as exc:
             log.warning("processing worker failed (%s); starting it again in %gs",
-                        str(exc).strip().split("\n", 1)[0] or type(exc).__name__, delay)
+                        first_line(exc), delay)
         else:
             if not options["wait"]:
                 return

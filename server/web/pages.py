@@ -58,7 +58,7 @@ def _security_headers(request: web.Request) -> dict[str, str]:
             f"connect-src 'self'{sockets}; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'"
         ),
-        "X-Content-Type-Options": "nosniff",
+        # X-Content-Type-Options comes with every response (server.core.http).
         "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
