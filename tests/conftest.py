@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,29 @@ def temporary_database(prefix: str) -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def query(database_url: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on its own autocommit connection; its rows, if any."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
+    """Seconds until `check` holds; fails after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await check():
+        if loop.time() - start > within:
+            raise AssertionError(f"{what} did not happen within {within} s")
+        await asyncio.sleep(0.05)
+    return loop.time() - start
 
 
 @pytest.fixture(scope="session")

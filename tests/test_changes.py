@@ -17,21 +17,10 @@ from server.core.changes import ChangeFeed
 from server.core.db import Queries, migrate
 from server.viewing.counter import VIEWS_KEY
 
-from .conftest import fake_mp4, new_user_token, upload_ready
+from .conftest import fake_mp4, new_user_token, until, upload_ready
 from .outages import pg_proxy  # noqa: F401
 
 QUERIES = Queries.load()
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    """Seconds until `check` holds; fails after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not await check():
-        if loop.time() - start > within:
-            raise AssertionError(f"{what} did not happen within {within} s")
-        await asyncio.sleep(0.05)
-    return loop.time() - start
 
 
 @pytest.fixture

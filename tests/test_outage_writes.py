@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -18,20 +16,10 @@ from server.catalog.handlers import CATALOG_KEY
 from server.core.keys import CONFIG_KEY
 from server.core.storage import STORAGE_KEY_RE
 
-from .conftest import fake_mp4, make_ready, new_user_token, upload
+from .conftest import fake_mp4, make_ready, new_user_token, query, until, upload
 from .outages import own_redis, pg_proxy  # noqa: F401
 
 DATA = fake_mp4(20_000, seed=5)
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not await check():
-        if loop.time() - start > within:
-            raise AssertionError(f"{what} did not happen within {within} s")
-        await asyncio.sleep(0.05)
-    return loop.time() - start
 
 
 def storage_dir(client: TestClient) -> Path:
@@ -42,17 +30,6 @@ def stored_files(client: TestClient) -> list[str]:
     """Every file in the storage directory, temporary uploads included (not the
     directory holding the marker that names the storage's database)."""
     return sorted(p.name for p in storage_dir(client).iterdir() if p.name != ".tubelet")
-
-
-def query(database_url: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 async def status_of(client: TestClient, path: str, **headers: str) -> int:

@@ -37,6 +37,7 @@ from .conftest import (
     make_clip,
     make_ready,
     new_user_token,
+    query,
     require_tool,
     temporary_database,
 )
@@ -132,17 +133,6 @@ def row(database_url: str, video_id: int) -> dict[str, Any]:
         conn.close()
     assert found is not None
     return dict(found)
-
-
-def sql(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def stored(config: Any) -> set[str]:
@@ -379,7 +369,7 @@ async def test_transient_failures_are_retried_then_fail_the_video(make_config, c
     config.storage_dir.joinpath(WORK_DIR).write_bytes(b"")
     # Retried at once (no wait), so one worker run makes every attempt.
     await work(config, wait=False)
-    assert sql(database_url, "SELECT status::text, attempts FROM procrastinate_jobs") == [
+    assert query(database_url, "SELECT status::text, attempts FROM procrastinate_jobs") == [
         ("failed", ATTEMPTS)]
     video = await video_of(client, video_id, token)
     assert video["status"] == "failed" and video["failure_reason"] == FAILED_REPEATEDLY
@@ -390,7 +380,7 @@ async def test_a_job_already_tried_too_often_fails_its_video(client, config, dat
     token = await new_user_token(client)
     video_id = await uploaded(client, token, real_mp4)
     # As if every earlier run had ended with its worker.
-    sql(database_url, "UPDATE procrastinate_jobs SET attempts = %s WHERE queueing_lock = %s",
+    query(database_url, "UPDATE procrastinate_jobs SET attempts = %s WHERE queueing_lock = %s",
         (ATTEMPTS, f"video-{video_id}"))
     await work(config, wait=False)
     video = await video_of(client, video_id, token)
@@ -400,7 +390,7 @@ async def test_a_job_already_tried_too_often_fails_its_video(client, config, dat
 async def test_a_video_whose_job_was_lost_gets_another(client, config, database_url, real_mp4):
     token = await new_user_token(client)
     video_id = await uploaded(client, token, real_mp4)
-    sql(database_url, "DELETE FROM procrastinate_jobs")
+    query(database_url, "DELETE FROM procrastinate_jobs")
     upkeep = Upkeep(create_job_app(config), client.server.app[DB_KEY], 30)
     assert await upkeep.requeue_lost() == 1
     assert await upkeep.requeue_lost() == 0  # one job per video
@@ -437,7 +427,7 @@ async def test_a_worker_killed_mid_job_leaves_the_video_to_another(
             victim.kill()
             await victim.wait()
     assert (await video_of(client, video_id))["status"] == "processing"
-    assert sql(database_url, "SELECT status FROM procrastinate_jobs") == [("doing",)]
+    assert query(database_url, "SELECT status FROM procrastinate_jobs") == [("doing",)]
 
     rescuer = asyncio.create_task(work(config))
     try:
@@ -460,9 +450,9 @@ async def test_a_worker_killed_mid_job_leaves_the_video_to_another(
 async def test_procrastinate_schema_comes_with_our_migrations():
     with temporary_database("tubelet_pkg") as url:
         await migrate(url)
-        assert sql(url, "SELECT package, version FROM schema_packages") == [
+        assert query(url, "SELECT package, version FROM schema_packages") == [
             ("procrastinate", PackageSchema("procrastinate").version)]
-        assert sql(url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL") == [(True,)]
+        assert query(url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL") == [(True,)]
         assert await migrate(url) == []
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -35,7 +34,7 @@ from server.ingest.tus_rules import (
     video_fields,
 )
 
-from .conftest import fake_mp4, new_user_token
+from .conftest import fake_mp4, new_user_token, query
 
 OCTETS = "application/offset+octet-stream"
 FRONT = "https://front.example"
@@ -74,17 +73,6 @@ async def head(client: TestClient, token: str, location: str) -> Any:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def query(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def stored_original(database_url: str, storage_dir: Path, video_id: int) -> bytes:
