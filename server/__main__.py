@@ -28,11 +28,13 @@ from server.core.db import migrate
 from server.core.errors import first_line, quiet_client_errors
 from server.core.http import AppRunner
 from server.ingest.jobs import SHUTDOWN_GRACE, work
+from server.moderation.admin import AdminError, parse_role, set_role
 from server.viewing.counter import VIEWS_KEY
 
 log = logging.getLogger("server")
 
-USAGE = "usage: python -m server [serve | migrate | worker [--concurrency N] | --help]"
+USAGE = ("usage: python -m server [serve | migrate | worker [--concurrency N] | "
+         "admin grant EMAIL ROLE | admin revoke EMAIL | --help]")
 COMMANDS = f"""\
 commands:
   serve     apply pending migrations, then serve HTTP until Ctrl-C or SIGTERM (the default)
@@ -40,6 +42,9 @@ commands:
   worker    apply pending migrations, then process uploaded videos until Ctrl-C or SIGTERM;
             --concurrency N runs N jobs at once (WORKER_CONCURRENCY). Run as many workers,
             on as many machines, as you like: they share the queue in PostgreSQL
+  admin     apply pending migrations, then `admin grant EMAIL ROLE` gives an account the
+            role user, moderator or admin, and `admin revoke EMAIL` makes it a plain
+            user again; both are written to the moderation log
 
 Stopping (Ctrl-C, SIGTERM) finishes requests in flight, closes viewer sockets,
 writes counted views to PostgreSQL and exits 0. A worker gives its running jobs
@@ -309,13 +314,36 @@ def worker_concurrency(args: list[str]) -> int | None:
     return value if 1 <= value <= 64 else None
 
 
+def admin_args(args: list[str]) -> tuple[str, str] | None:
+    """(email, role) from `grant EMAIL ROLE` or `revoke EMAIL`; None if malformed."""
+    if len(args) == 3 and args[0] == "grant":
+        return args[1], args[2]
+    if len(args) == 2 and args[0] == "revoke":
+        return args[1], "user"
+    return None
+
+
+def run_admin(config: Config, email: str, role: str) -> int:
+    """Set a role; one line on stdout (0) or on stderr (1)."""
+    try:
+        line = asyncio.run(set_role(config.database_url, email, parse_role(role),
+                                    connect_timeout=config.db_timeout))
+    except AdminError as exc:
+        return fail(str(exc))
+    print(line)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in {"-h", "--help", "help"}:
         print(help_text(), end="")
         return 0
     command = argv[0] if argv else "serve"
     concurrency = worker_concurrency(argv[1:]) if command == "worker" else None
-    if command not in {"serve", "migrate", "worker"} or (len(argv) > 1 and concurrency is None):
+    admin = admin_args(argv[1:]) if command == "admin" else None
+    malformed = (concurrency is None if command == "worker" else
+                 admin is None if command == "admin" else len(argv) > 1)
+    if command not in {"serve", "migrate", "worker", "admin"} or malformed:
         print(USAGE, file=sys.stderr)
         return USAGE_ERROR
     try:
@@ -344,6 +372,8 @@ def main(argv: list[str]) -> int:
         return 130
     if code or command == "migrate":
         return code
+    if admin is not None:
+        return guarded(config, lambda: run_admin(config, *admin))
     if command == "worker":
         jobs = concurrency or config.worker_concurrency
         return guarded(config, lambda: asyncio.run(work_until_stopped(config, jobs)))

@@ -18,7 +18,9 @@ from server.core.redis_client import bus_ctx, redis_ctx
 from server.delivery import handler as delivery
 from server.ingest import tus
 from server.ingest import upload as ingest
+from server.moderation import handlers as moderation
 from server.ops import health
+from server.social import handlers as social
 from server.viewing import presence, reports
 from server.web import pages
 
@@ -52,6 +54,8 @@ def create_app(config: Config) -> web.Application:
     ingest.setup(app)
     tus.setup(app)
     reports.setup(app)
+    social.setup(app)
+    moderation.setup(app)
     presence.setup(app)
     pages.setup(app)
     # Last, so every feature has registered its pub/sub handlers first.

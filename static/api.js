@@ -31,9 +31,26 @@ export function storePair(pair) {
 export function storeUser(user) {
   const current = session();
   if (current) {
-    current.user = { id: user.id, name: user.name, email: user.email };
+    const known = current.user || {};
+    current.user = {
+      id: user.id,
+      name: user.name,
+      email: user.email ?? known.email,
+      role: user.role ?? known.role ?? "user",
+    };
     sessionStorage.setItem(KEY, JSON.stringify(current));
   }
+}
+
+// The signed-in user as last heard of ({id, name, email, role}), or null.
+export function currentUser() {
+  const current = session();
+  return current && current.user ? current.user : null;
+}
+
+// Sends a signed-out visitor to the login page, to come back here afterwards.
+export function logInFirst() {
+  location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
 }
 
 export function forget() {
@@ -85,14 +102,18 @@ export async function errorOf(response) {
   }
 }
 
-// fetch() with JSON in and the Bearer token added; a 401 for an expired token
-// (a clock ahead of ours) gets one refresh and one retry.
-export async function api(path, { method = "GET", json, auth = false } = {}) {
+// fetch() with JSON in (or a raw `body` of `contentType`) and the Bearer token
+// added; a 401 for an expired token (a clock ahead of ours) gets one refresh and
+// one retry.
+export async function api(path, { method = "GET", json, body: raw, contentType,
+  auth = false } = {}) {
   const headers = new Headers({ Accept: "application/json" });
-  let body;
+  let body = raw;
   if (json !== undefined) {
     headers.set("Content-Type", "application/json");
     body = JSON.stringify(json);
+  } else if (raw !== undefined && contentType) {
+    headers.set("Content-Type", contentType);
   }
   const send = async () => {
     if (auth) headers.set("Authorization", `Bearer ${await accessToken()}`);

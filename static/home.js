@@ -2,6 +2,7 @@
 // signed-in author sees their own uploads that are still processing or failed
 // (nobody else may, and only this tab knows who is signed in).
 import { SignedOut, api, signedIn } from "./api.js";
+import { PagedList, say, videoCard } from "./ui.js";
 
 const REFRESH_EVERY = 5000;
 const MAX_BACKOFF = 60000;
@@ -127,3 +128,48 @@ async function follow() {
 }
 
 if (section && signedIn()) follow();
+
+// --- the feed tabs: newest (rendered with the page), trending and following ---
+
+const tabs = document.getElementById("feed-tabs");
+const feeds = new Map();
+
+function feedOf(panel) {
+  if (!feeds.has(panel.id)) {
+    const list = new PagedList({
+      list: panel.querySelector(".feed-list"),
+      more: panel.querySelector(".feed-more"),
+      empty: panel.querySelector(".feed-empty"),
+      path: panel.dataset.feed,
+      auth: panel.dataset.auth === "required" ? "required" : "optional",
+      render: (video) => videoCard(video),
+    });
+    feeds.set(panel.id, list);
+    list.load().catch((error) => {
+      feeds.delete(panel.id);
+      say(panel.querySelector(".message"), error instanceof SignedOut
+        ? "Log in to see the videos of the channels you subscribe to." : error.message);
+    });
+  }
+}
+
+function choose(tab) {
+  for (const other of tabs.querySelectorAll("[role=tab]")) {
+    const selected = other === tab;
+    other.setAttribute("aria-selected", String(selected));
+    document.getElementById(other.getAttribute("aria-controls")).hidden = !selected;
+  }
+  const panel = document.getElementById(tab.getAttribute("aria-controls"));
+  if (panel.dataset.feed) feedOf(panel);
+  const name = tab.id.replace("tab-", "");
+  history.replaceState(null, "", name === "newest" ? location.pathname : `#${name}`);
+}
+
+if (tabs) {
+  tabs.hidden = false;
+  for (const tab of tabs.querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", () => choose(tab));
+  }
+  const wanted = document.getElementById(`tab-${location.hash.slice(1)}`);
+  if (wanted && (wanted.id !== "tab-following" || signedIn())) choose(wanted);
+}

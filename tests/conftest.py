@@ -110,6 +110,8 @@ def clean_db(database_url: str) -> Iterator[None]:
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
     with conn.cursor() as cur:
+        # A transaction the app left open would make TRUNCATE wait for ever: fail instead.
+        cur.execute("SET lock_timeout = '20s'")
         cur.execute("SELECT to_regclass('users') IS NOT NULL")
         if cur.fetchone()[0]:
             cur.execute("TRUNCATE users, refresh_tokens, videos RESTART IDENTITY CASCADE")

@@ -74,7 +74,7 @@ async def test_login_flood_does_not_stall_other_requests(aiohttp_client, make_co
     the flood.
     """
     config = make_config(bcrypt_rounds=12, db_pool_size=4, auth_rate_limit=10_000,
-                         bcrypt_max_waiting=1000)
+                         login_daily_limit=10_000, bcrypt_max_waiting=1000)
     client = await aiohttp_client(create_app(config))
     token = await new_user_token(client)
     resp = await upload(client, token, fake_mp4(64 * 1024))

@@ -22,6 +22,7 @@ from tusclient.storage.filestorage import FileStorage
 
 from server.app import create_app
 from server.core import http
+from server.core.config import RateSpec
 from server.core.errors import ApiError
 from server.core.keys import CONFIG_KEY
 from server.ingest import tus_rules, tus_store
@@ -776,7 +777,10 @@ async def test_an_expired_upload_is_gone_before_the_sweep(client, database_url, 
     await api_error(await patch(client, token, location, 0, b"abc"), 410, "upload_expired")
 
 
-async def test_open_uploads_per_user_are_bounded(client, api_error):
+async def test_open_uploads_per_user_are_bounded(aiohttp_client, make_config, api_error):
+    # Room in the upload rate limit (RATE_LIMIT_UPLOAD), so the bound on open uploads answers.
+    client = await aiohttp_client(create_app(make_config(
+        rate_limit_upload=RateSpec(tus_store.MAX_OPEN_UPLOADS + 5, 3600))))
     token = await new_user_token(client)
     for _ in range(tus_store.MAX_OPEN_UPLOADS):
         await create(client, token, 1000)

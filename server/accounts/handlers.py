@@ -1,4 +1,5 @@
-"""Register, login, refresh, logout, me."""
+"""Register, login, refresh, logout, me; the accounts feature's services (standing,
+profiles, throttle, password hashing) are set up here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from server.core.db import fetch_one
 from server.core.errors import ApiError
-from server.core.keys import CONFIG_KEY, DB_KEY, REDIS_KEY
+from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, REDIS_KEY
 from server.core.keyspace import Keyspace
 from server.core.ratelimit import RateLimiter
 from server.core.validation import (
@@ -22,8 +23,11 @@ from server.core.validation import (
     string_field,
 )
 
-from .auth import UNAUTHORIZED, authenticated_user
+from . import profiles
+from .auth import authenticated_user
 from .passwords import PasswordHasher, Saturated
+from .profiles import PROFILES_KEY, Profiles, user_json
+from .standing import STANDING_KEY, Banned, Standing
 from .throttle import AuthThrottle
 from .tokens import (
     hash_refresh_token,
@@ -34,15 +38,6 @@ from .tokens import (
 routes = web.RouteTableDef()
 HASHER_KEY = web.AppKey("password_hasher", PasswordHasher)
 THROTTLE_KEY = web.AppKey("auth_throttle", AuthThrottle)
-
-
-def user_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "name": row["name"],
-        "created_at": row["created_at"].isoformat(),
-    }
 
 
 async def _issue_pair(request: web.Request, cur: Any, user_id: int,
@@ -107,6 +102,9 @@ async def login(request: web.Request) -> web.Response:
     if row is None or not ok:
         raise ApiError(401, "invalid_credentials", "Email or password is incorrect")
     await throttle.login_succeeded(attempt)
+    # Told only to whoever knows the password.
+    if row["banned"]:
+        raise Banned(row["banned_until"])
     async with db.transaction() as cur:
         pair = await _issue_pair(request, cur, row["id"], uuid.uuid4())
     return web.json_response(pair)
@@ -123,6 +121,9 @@ async def refresh(request: web.Request) -> web.Response:
                        {"token_hash": psycopg2.Binary(hash_refresh_token(token))})
     if row is None or row["revoked_at"] is not None or row["expired"]:
         raise ApiError(401, "invalid_refresh_token", "The refresh token is invalid")
+    if row["banned"]:
+        # Not rotated: the session may go on once the ban has ended.
+        raise Banned(row["banned_until"])
     async with db.transaction() as cur:
         rotated = await fetch_one(cur, db.queries["rotate_refresh_token"], {"id": row["id"]})
         if rotated is not None:
@@ -143,30 +144,33 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/auth/me", name="me")
-async def me(request: web.Request) -> web.Response:
-    user_id = authenticated_user(request)
-    row = await request.app[DB_KEY].one("user_by_id", {"id": user_id})
-    if row is None:
-        raise ApiError(401, "invalid_token", "The account no longer exists", UNAUTHORIZED)
-    return web.json_response(user_json(row))
+# The same as GET /users/me.
+routes.get("/auth/me", name="me")(profiles.me)
 
 
 async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     hasher = PasswordHasher(config.bcrypt_rounds, config.bcrypt_concurrency,
                             config.bcrypt_max_waiting)
+    standing = Standing(app[DB_KEY], app[CHANGES_KEY])
     try:
         await hasher.start()
         app[HASHER_KEY] = hasher
         limiter = RateLimiter(app[REDIS_KEY], Keyspace(config.redis_prefix))
         app[THROTTLE_KEY] = AuthThrottle(limiter, config)
+        app[PROFILES_KEY] = Profiles(app[DB_KEY], config.storage_dir)
+        await standing.start()
+        app[STANDING_KEY] = standing
         yield
     finally:
+        await standing.stop()
         hasher.close()
 
 
 def setup(app: web.Application) -> None:
-    """Needs the Redis client: set up after redis_ctx is registered."""
+    """Needs the database, the change feed and the Redis client: set up after their
+    cleanup contexts are registered."""
     app.cleanup_ctx.append(accounts_ctx)
     app.add_routes(routes)
+    # /users/me before /users/{id}, which would otherwise take "me" for an id.
+    app.add_routes(profiles.routes)

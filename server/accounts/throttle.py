@@ -21,11 +21,14 @@ from server.core.clients import hash_secret, ip_key, request_ip
 from server.core.config import Config
 from server.core.ratelimit import Hit, Limit, RateLimiter
 
+DAY = 24 * 3600
+
 
 @dataclass(frozen=True, slots=True)
 class LoginAttempt:
     hit: Hit
-    account: Limit
+    # The per-account limits, which a successful login takes its hit back from.
+    account: tuple[Limit, ...]
 
 
 class AuthThrottle:
@@ -33,18 +36,21 @@ class AuthThrottle:
         self._limiter = limiter
         self._count = config.auth_rate_limit
         self._window = config.auth_rate_window
+        self._daily = config.login_daily_limit
         self._proxies = config.trusted_proxies
         self._secret = hash_secret(config.jwt_secret)
 
     async def login(self, request: web.Request, email: str) -> LoginAttempt:
         """Counts a login attempt, or raises RateLimited (429)."""
-        account = self._limit("login-account", self._account_key(email))
+        key = self._account_key(email)
+        account = (self._limit("login-account", key),
+                   self._limiter.limit("login-account-day", key, self._daily, DAY))
         hit = await self._limiter.hit(self._limit("login-ip", self._address_key(request)),
-                                      account)
+                                      *account)
         return LoginAttempt(hit, account)
 
     async def login_succeeded(self, attempt: LoginAttempt) -> None:
-        await self._limiter.release(attempt.hit, attempt.account)
+        await self._limiter.release(attempt.hit, *attempt.account)
 
     async def register(self, request: web.Request) -> Hit:
         """Counts a registration attempt, or raises RateLimited (429)."""

@@ -1,4 +1,8 @@
-"""Video records: read, list, create and delete, their stored files, and their JSON form.
+"""Video records: read, list, create, edit and delete, their stored files, and their JSON form.
+
+Who sees what: `listed_videos` (sql/007_social.sql) is what lists show others;
+a private or removed video, or one whose author is banned, is found only by its
+author and moderators (`Catalog.shown`).
 
 A video is created `processing`, with its processing job queued in the same
 transaction (sql/queries/processing.sql, the job in server/ingest/jobs.py), so
@@ -11,14 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from server.accounts.policy import Action, Role, allowed, require
 from server.core.changes import ChangeFeed
 from server.core.db import Database, refused
-from server.core.errors import Forbidden, NotFound
-from server.core.ids import parse_video_id
+from server.core.errors import NotFound
+from server.core.ids import parse_id, parse_video_id
+from server.core.keys import ViewTotals
 from server.core.storage import claim_storage, settled_keys, storage_path, unlink
+
+from .edits import VideoEdit
+from .signing import MediaSigner
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +46,34 @@ class VideoNotFound(NotFound):
         super().__init__("No such video")
 
 
+class UserNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("No such user")
+
+
+# A user's role, read when someone not its author asks for a hidden video.
+RoleOf = Callable[[int], Awaitable[Role]]
+
+
 # The columns that name stored files; deleting a video removes every one.
 FILE_COLUMNS = ("storage_key", "original_key", "poster_key", "storyboard_key",
                 "storyboard_vtt_key")
 
 
-def video_json(row: dict[str, Any], viewer: int | None = None) -> dict[str, Any]:
-    """The API's form of a video row; why it failed is for its author (`viewer`) alone."""
+def video_json(row: Mapping[str, Any], viewer: int | None = None,
+               signer: MediaSigner | None = None) -> dict[str, Any]:
+    """The API's form of a video row.
+
+    Why it failed or was removed is for its author (`viewer`) alone. A private
+    video's media URLs are signed for its author when a `signer` is given: a
+    media element sends no Bearer header.
+    """
     video_id = row["id"]
     ready = row["status"] == "ready"
+    own = viewer is not None and viewer == row["author_id"]
+    query = ""
+    if own and signer is not None and row["visibility"] == "private":
+        query = "?" + signer.query(video_id, time.time())
     return {
         "id": row["id"],
         "title": row["title"],
@@ -55,42 +85,134 @@ def video_json(row: dict[str, Any], viewer: int | None = None) -> dict[str, Any]
         "duration": row["duration"],
         "views": row["views"],
         "created_at": row["created_at"].isoformat(),
-        "stream_url": f"/videos/{video_id}/stream",
+        "stream_url": f"/videos/{video_id}/stream{query}",
         "status": row["status"],
-        "failure_reason": row["failure_reason"] if viewer == row["author_id"] else None,
+        "failure_reason": row["failure_reason"] if own else None,
         "progress": row["progress"],
         "width": row["width"],
         "height": row["height"],
         "video_codec": row["video_codec"],
         "audio_codec": row["audio_codec"],
-        "poster_url": f"/videos/{video_id}/poster.jpg"
+        "poster_url": f"/videos/{video_id}/poster.jpg{query}"
         if ready and row["poster_key"] else None,
-        "storyboard_url": f"/videos/{video_id}/storyboard.vtt"
+        "storyboard_url": f"/videos/{video_id}/storyboard.vtt{query}"
         if ready and row["storyboard_vtt_key"] else None,
+        "visibility": row["visibility"],
+        "tags": list(row["tags"]),
+        "like_count": row["like_count"],
+        "dislike_count": row["dislike_count"],
+        "comment_count": row["comment_count"],
+        "my_reaction": row.get("my_reaction"),
+        "removed": row["removed_at"] is not None,
+        "removed_reason": row["removed_reason"] if own else None,
     }
+
+
+def hidden(row: Mapping[str, Any]) -> bool:
+    """Whether only its author (and moderators) may see a video: private, removed,
+    or by a banned author."""
+    return (row["visibility"] == "private" or row["removed_at"] is not None
+            or bool(row.get("author_banned")))
+
+
+async def with_current_views(totals: ViewTotals,
+                             rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with `views` including views counted but not yet flushed."""
+    current = await totals.with_pending({r["id"]: r["views"] for r in rows})
+    return [{**r, "views": current.get(r["id"], r["views"])} for r in rows]
 
 
 class Catalog:
     """The video rows, and the change announcements that go with writing them."""
 
-    def __init__(self, db: Database, changes: ChangeFeed, storage_dir: Path) -> None:
+    def __init__(self, db: Database, changes: ChangeFeed, storage_dir: Path,
+                 signer: MediaSigner, language: str, role_of: RoleOf | None = None) -> None:
         self._db = db
         self._changes = changes
         self._storage_dir = storage_dir
+        self.signer = signer
+        self._language = language
+        self._role_of = role_of
 
-    async def get(self, raw_id: str) -> dict[str, Any]:
-        """The video named by a path segment; VideoNotFound for any other spelling."""
+    async def get(self, raw_id: str, viewer: int | None = None) -> dict[str, Any]:
+        """The video named by a path segment, whatever its state, with the viewer's
+        reaction; VideoNotFound for any other spelling. Who may see it is `shown`'s call."""
         video_id = parse_video_id(raw_id)
-        row = None if video_id is None else await self._db.one("video_by_id", {"id": video_id})
+        row = None if video_id is None else await self._db.one(
+            "video_for_viewer", {"id": video_id, "viewer": viewer})
         if row is None:
             raise VideoNotFound()
         return row
 
+    async def shown(self, raw_id: str, viewer: int | None) -> dict[str, Any]:
+        """`get`, for a viewer who may see the video: a private or removed video, or
+        one by a banned author, is not found for anyone but its author and moderators."""
+        row = await self.get(raw_id, viewer)
+        if hidden(row) and not await self._sees_hidden(viewer, row["author_id"]):
+            raise VideoNotFound()
+        return row
+
+    async def _sees_hidden(self, viewer: int | None, author_id: int) -> bool:
+        if viewer is None:
+            return False
+        if viewer == author_id:
+            return True
+        if self._role_of is None:
+            return False
+        try:
+            role = await self._role_of(viewer)
+        except NotFound:  # a valid token of a user deleted since
+            return False
+        return allowed(role, Action.VIDEO_SEE_HIDDEN, owner=False)
+
     async def page(self, before: int | None, limit: int,
                    viewer: int | None = None) -> list[dict[str, Any]]:
-        """Ready videos newest first, with the viewer's own of any status among them."""
+        """Listed videos newest first, with the viewer's own of any state among them."""
         return await self._db.all("list_videos", {"before": before, "limit": limit,
                                                   "viewer": viewer})
+
+    async def user_page(self, raw_user_id: str, before: int | None, limit: int,
+                        viewer: int | None) -> list[dict[str, Any]]:
+        """One user's listed videos newest first; all of them when the viewer is that user."""
+        author = parse_id(raw_user_id)
+        if author is None or await self._db.one("catalog_user_exists", {"id": author}) is None:
+            raise UserNotFound()
+        return await self._db.all("user_videos", {
+            "author": author, "all_of_them": viewer == author, "before": before,
+            "limit": limit, "viewer": viewer})
+
+    async def _lock_own(self, cur: Any, video_id: int, user_id: int, action: Action) -> None:
+        """Lock the video's row for a change by `user_id`, who must be its author.
+
+        Someone else's video answers 403, unless it is hidden (private, removed,
+        banned author): that is not found, as for GET, and nobody but the author
+        may change it anyway.
+        """
+        await cur.execute(self._db.queries["lock_video_author"], {"id": video_id})
+        owner = await cur.fetchone()
+        if owner is None:
+            raise VideoNotFound()
+        own = owner["author_id"] == user_id
+        if not own and hidden(owner):
+            raise VideoNotFound()
+        # Owner-only actions: the actor's role does not enter.
+        require(Role.USER, action, owner=own)
+
+    async def edit(self, raw_id: str, user_id: int, edit: VideoEdit) -> dict[str, Any]:
+        """Change a video's fields and record the change in one transaction: every
+        process forgets what it cached of the video (its stream's visibility)."""
+        video_id = parse_video_id(raw_id)
+        if video_id is None:
+            raise VideoNotFound()
+        queries = self._db.queries
+        async with self._db.transaction() as cur:
+            await self._lock_own(cur, video_id, user_id, Action.VIDEO_EDIT)
+            await cur.execute(queries["edit_video"], {"id": video_id, **edit.params()})
+            await cur.execute(queries["video_for_viewer"], {"id": video_id, "viewer": user_id})
+            row = dict(await cur.fetchone())
+            seq = await self._changes.record(cur, video_id, "edited")
+        self._changes.applied(video_id, seq)
+        return row
 
     async def delete(self, raw_id: str, user_id: int) -> None:
         """Delete the row and record the change in one transaction, then remove its files.
@@ -105,12 +227,7 @@ class Catalog:
             raise VideoNotFound()
         queries = self._db.queries
         async with self._db.transaction() as cur:
-            await cur.execute(queries["lock_video_author"], {"id": video_id})
-            owner = await cur.fetchone()
-            if owner is None:
-                raise VideoNotFound()
-            if owner["author_id"] != user_id:
-                raise Forbidden("Only the author can delete this video")
+            await self._lock_own(cur, video_id, user_id, Action.VIDEO_DELETE)
             await cur.execute(queries["delete_video"], {"id": video_id})
             deleted = await cur.fetchone()
             seq = await self._changes.record(cur, video_id, "deleted")
@@ -140,7 +257,8 @@ class Catalog:
         committing = False
         try:
             async with self._db.transaction() as cur:
-                await cur.execute(queries["insert_video"], values)
+                await cur.execute(queries["insert_video"],
+                                  {**values, "language": self._language})
                 row = dict(await cur.fetchone())
                 await cur.execute(queries["defer_processing"], {"id": row["id"]})
                 await asyncio.to_thread(os.replace, staged, target)

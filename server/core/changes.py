@@ -1,7 +1,9 @@
-"""Video changes, announced through PostgreSQL so that no outage can lose one.
+"""Video and user changes, announced through PostgreSQL so that no outage can lose one.
 
 A write that changes what a video is (created, deleted) records a row in
 `video_changes` inside its own transaction (`record`), and NOTIFYs on commit.
+A write that changes a user's standing (a ban, a role) records a row naming the
+user instead (`record_user`); each row goes to the subscribers of its kind.
 Every process keeps one connection of its own that LISTENs, and reads the rows
 past the last one it saw whenever a notification arrives and at least every
 POLL seconds; each change goes to the subscribers (the file cache, the view
@@ -49,8 +51,8 @@ READ_BATCH = 1000
 # Failures of the link, not of this code: one warning line, then quiet retries.
 LINK_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
-# Called with a video id, or None when changes may have been missed and every
-# cached video must be forgotten.
+# Called with a video id (a user id, for user subscribers), or None when changes
+# may have been missed and everything cached about videos (users) must be forgotten.
 Subscriber = Callable[[int | None], None]
 
 
@@ -62,6 +64,7 @@ class ChangeFeed:
         self._poll = poll
         self._connect_timeout = connect_timeout
         self._subscribers: list[Subscriber] = []
+        self._user_subscribers: list[Subscriber] = []
         self._seq = 0
         # Changes this process applied itself and the feed has not read yet.
         self._own: set[int] = set()
@@ -71,7 +74,12 @@ class ChangeFeed:
         self._failing = False
 
     def subscribe(self, subscriber: Subscriber) -> None:
+        """Hear of every changed video."""
         self._subscribers.append(subscriber)
+
+    def subscribe_users(self, subscriber: Subscriber) -> None:
+        """Hear of every changed user (banned, unbanned, given a role)."""
+        self._user_subscribers.append(subscriber)
 
     async def record(self, cur: Statements, video_id: int, kind: str) -> int:
         """Record a change inside the caller's transaction; its seq, for `applied`.
@@ -79,10 +87,28 @@ class ChangeFeed:
         The change is announced on commit. Call this last in the transaction:
         it serialises every writer of changes until commit.
         """
-        await cur.execute(self._queries["record_video_change"],
-                          {"video_id": video_id, "kind": kind})
-        row = await cur.fetchone()
-        return int(row[0] if isinstance(row, tuple | list) else row["seq"])
+        return await self._insert(cur, "record_video_change",
+                                  {"video_id": video_id, "kind": kind})
+
+    async def record_user(self, cur: Statements, user_id: int, kind: str) -> int:
+        """Record a change of a user inside the caller's transaction; its seq, for
+        `applied_user`. Call it last, as `record`."""
+        return await self._insert(cur, "record_user_change", {"user_id": user_id, "kind": kind})
+
+    async def record_videos(self, cur: Statements, video_ids: list[int],
+                            kind: str) -> list[int]:
+        """Record one change per video in one statement; their seqs, in `video_ids` order."""
+        if not video_ids:
+            return []
+        await cur.execute(self._queries["record_video_changes"],
+                          {"video_ids": video_ids, "kind": kind})
+        rows = await cur.fetchall()
+        seqs = {_column(row, 1, "video_id"): _column(row, 0, "seq") for row in rows}
+        return [seqs[video_id] for video_id in video_ids]
+
+    async def _insert(self, cur: Statements, query: str, params: dict[str, Any]) -> int:
+        await cur.execute(self._queries[query], params)
+        return _column(await cur.fetchone(), 0, "seq")
 
     def applied(self, video_id: int, seq: int) -> None:
         """Tell this process's subscribers now, after the recording transaction committed.
@@ -90,9 +116,17 @@ class ChangeFeed:
         The feed then skips the change when it reads it: a second eviction
         could throw away what a request cached since the first.
         """
+        self._own_change(seq)
+        self._dispatch(video_id)
+
+    def applied_user(self, user_id: int, seq: int) -> None:
+        """`applied`, for a change recorded with `record_user`."""
+        self._own_change(seq)
+        self._dispatch_user(user_id)
+
+    def _own_change(self, seq: int) -> None:
         if seq > self._seq:
             self._own.add(seq)
-        self._dispatch(video_id)
 
     async def start(self) -> None:
         """Begin after the changes made so far: caches start empty anyway."""
@@ -109,11 +143,10 @@ class ChangeFeed:
         self._task = None
 
     def _dispatch(self, video_id: int | None) -> None:
-        for subscriber in self._subscribers:
-            try:
-                subscriber(video_id)
-            except Exception:
-                log.exception("video change subscriber failed")
+        _notify(self._subscribers, video_id, "video")
+
+    def _dispatch_user(self, user_id: int | None) -> None:
+        _notify(self._user_subscribers, user_id, "user")
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN
@@ -165,12 +198,14 @@ class ChangeFeed:
         while True:
             await cur.execute(self._queries["video_changes_since"], {"seq": self._seq})
             rows = await cur.fetchall()
-            for seq, video_id, _kind in rows:
+            for seq, video_id, user_id, _kind in rows:
                 self._seq = seq
                 if seq in self._own:
                     self._own.discard(seq)
-                else:
+                elif video_id is not None:
                     self._dispatch(video_id)
+                elif user_id is not None:
+                    self._dispatch_user(user_id)
             if self._own:
                 # Rows pruned before this process read them are never read.
                 self._own = {seq for seq in self._own if seq > self._seq}
@@ -194,6 +229,7 @@ class ChangeFeed:
             log.warning("video changes were pruned before this process read them; "
                         "dropping caches")
             self._dispatch(None)
+            self._dispatch_user(None)
 
     async def _maybe_prune(self, cur: Any) -> None:
         now = time.monotonic()
@@ -201,3 +237,16 @@ class ChangeFeed:
             return
         self._next_prune = now + PRUNE_EVERY
         await cur.execute(self._queries["prune_video_changes"], {"hours": KEEP_HOURS})
+
+
+def _column(row: Any, index: int, name: str) -> int:
+    """One integer column of a plain or a dict row."""
+    return int(row[index] if isinstance(row, tuple | list) else row[name])
+
+
+def _notify(subscribers: list[Subscriber], subject: int | None, what: str) -> None:
+    for subscriber in subscribers:
+        try:
+            subscriber(subject)
+        except Exception:
+            log.exception("%s change subscriber failed", what)

@@ -18,6 +18,17 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "slower", "veryslow")
 
 
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """At most `count` actions in any `window` seconds."""
+
+    count: int
+    window: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window}"
+
+
 class ConfigError(ValueError):
     """An environment variable holds a value the server cannot use."""
 
@@ -55,6 +66,23 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable("AUTH_RATE_LIMIT", "auth_rate_limit",
              "login and register attempts per address (and per account) per window"),
     Variable("AUTH_RATE_WINDOW", "auth_rate_window", "that window, seconds"),
+    Variable("LOGIN_DAILY_LIMIT", "login_daily_limit",
+             "failed sign-ins per account per day; past that, the account's sign-ins wait"),
+    Variable("RATE_LIMIT_COMMENT", "rate_limit_comment",
+             "comments per account (and per address) per window, as COUNT/SECONDS"),
+    Variable("RATE_LIMIT_REACTION", "rate_limit_reaction",
+             "reactions and subscriptions per account (and per address), COUNT/SECONDS"),
+    Variable("RATE_LIMIT_REPORT", "rate_limit_report",
+             "reports per account (and per address), COUNT/SECONDS"),
+    Variable("RATE_LIMIT_UPLOAD", "rate_limit_upload",
+             "uploads begun per account (and per address), COUNT/SECONDS"),
+    Variable("COMMENT_MAX_LENGTH", "comment_max_length", "longest comment, characters"),
+    Variable("STREAM_URL_TTL", "stream_url_ttl",
+             "seconds a signed stream URL of a private video stays valid"),
+    Variable("SEARCH_LANGUAGE", "search_language",
+             "PostgreSQL text-search configuration for stemming new videos and queries"),
+    Variable("TRENDING_REFRESH", "trending_refresh",
+             "seconds between recomputations of the trending ranking"),
     Variable("MAX_UPLOAD_BYTES", "max_upload_bytes", "largest accepted video file"),
     Variable("UPLOAD_EXPIRY", "upload_expiry",
              "seconds an unfinished resumable upload is kept after its last byte arrived"),
@@ -155,6 +183,15 @@ class Config:
     worker_concurrency: int = 1
     worker_stalled_after: float = 30.0
     processing_retry_wait: float = 10.0
+    login_daily_limit: int = 50
+    rate_limit_comment: RateSpec = RateSpec(10, 60)
+    rate_limit_reaction: RateSpec = RateSpec(60, 60)
+    rate_limit_report: RateSpec = RateSpec(10, 3600)
+    rate_limit_upload: RateSpec = RateSpec(20, 3600)
+    comment_max_length: int = 5000
+    stream_url_ttl: int = 6 * 3600
+    search_language: str = "english"
+    trending_refresh: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -284,6 +321,33 @@ def _choice(env: Mapping[str, str], name: str, default: str,
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}")
     return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: RateSpec) -> RateSpec:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    count, _, window = raw.strip().partition("/")
+    try:
+        spec = RateSpec(int(count), int(window))
+    except ValueError:
+        raise ConfigError(f"{name} must be COUNT/SECONDS, got {raw!r}") from None
+    if spec.count < 1 or spec.window < 1:
+        raise ConfigError(f"{name} needs a count and a window of at least 1")
+    return spec
+
+
+# Text-search configurations PostgreSQL ships with (pg_ts_config).
+SEARCH_LANGUAGES = (
+    "simple", "arabic", "armenian", "basque", "catalan", "danish", "dutch", "english",
+    "finnish", "french", "german", "greek", "hindi", "hungarian", "indonesian", "irish",
+    "italian", "lithuanian", "nepali", "norwegian", "portuguese", "romanian", "russian",
+    "serbian", "spanish", "swedish", "tamil", "turkish", "yiddish",
+)
+
+
+def _search_language(env: Mapping[str, str], default: str) -> str:
+    return _choice(env, "SEARCH_LANGUAGE", default, SEARCH_LANGUAGES)
 
 
 def _list(raw: str) -> tuple[str, ...]:

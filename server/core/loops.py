@@ -29,19 +29,23 @@ def raise_if_cancelled() -> None:
 
 
 def run_every(interval: float, fn: Callable[[], Awaitable[object]],
-              name: str) -> asyncio.Task[None]:
-    """Run `fn` now, then `interval` seconds after each round ends, until cancelled.
+              name: str, *, first_after: float = 0.0) -> asyncio.Task[None]:
+    """Run `fn` after `first_after` seconds (now by default), then `interval` seconds
+    after each round ends, until cancelled.
 
     A round that fails is logged and the next one runs on schedule. An outage
     of a dependency is one warning line when the rounds start failing and one
     when they recover, not a line a round; anything else is a traceback.
     Stop the task with `stop`.
     """
-    return asyncio.create_task(_every(interval, fn, name), name=name)
+    return asyncio.create_task(_every(interval, fn, name, first_after), name=name)
 
 
-async def _every(interval: float, fn: Callable[[], Awaitable[object]], name: str) -> None:
+async def _every(interval: float, fn: Callable[[], Awaitable[object]], name: str,
+                 first_after: float) -> None:
     failing = False
+    if first_after > 0:
+        await asyncio.sleep(first_after)
     while True:
         raise_if_cancelled()
         try:

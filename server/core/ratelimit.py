@@ -16,13 +16,17 @@ import asyncio
 import logging
 import math
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as redis
+from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clients import Network, ip_key, request_ip
+from .config import RateSpec
 from .errors import ApiError
 from .keyspace import Keyspace
 
@@ -111,3 +115,33 @@ class RateLimiter:
         if self._failing:
             self._failing = False
             log.info("rate limits enforced again: Redis answers")
+
+
+class ActionThrottle:
+    """Limits on one kind of action (comment, reaction, report, upload), per account and
+    per client address at once. An address may carry several accounts (a household, an
+    office behind NAT), so its limit is ADDRESS_FACTOR times the account's.
+    """
+
+    ADDRESS_FACTOR = 3
+
+    def __init__(self, limiter: RateLimiter, secret: bytes,
+                 proxies: Iterable[Network]) -> None:
+        self._limiter = limiter
+        self._secret = secret
+        self._proxies = tuple(proxies)
+
+    async def hit(self, request: web.Request, action: str, user_id: int,
+                  spec: RateSpec) -> Hit:
+        """Count one `action` by `user_id` from this request, or raise RateLimited (429)."""
+        address = ip_key(request_ip(request.remote, request.headers, self._proxies),
+                         self._secret)
+        return await self._limiter.hit(
+            self._limiter.limit(f"{action}-account", str(user_id), spec.count, spec.window),
+            self._limiter.limit(f"{action}-ip", address, spec.count * self.ADDRESS_FACTOR,
+                                spec.window),
+        )
+
+    async def forget(self, hit: Hit) -> None:
+        """Take back a hit for an action the server refused before doing it."""
+        await self._limiter.release(hit)

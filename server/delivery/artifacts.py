@@ -1,8 +1,10 @@
-"""GET/HEAD /videos/{id}/poster.jpg, /storyboard.jpg and /storyboard.vtt of a ready video.
+"""GET/HEAD /videos/{id}/poster.jpg, /storyboard.jpg and /storyboard.vtt of a playable video.
 
 Small files, read whole and sent with validators: their storage key names one
 content (a new processing run writes new keys), so it is the ETag and a
-revalidation costs a 304.
+revalidation costs a 304. A private video's files need its signed URL, as its
+stream does; its storyboard then names the sprite with the same signature, since
+the player fetches the sprite from the URL the storyboard gives.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from server.core.storage import storage_path
 
 from .files import etag_for
 from .ranges import Conditions, Precondition, Validators, evaluate_preconditions, format_http_date
+from .signed import require_signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +51,26 @@ async def artifact(request: web.Request) -> web.Response:
     key = None if row is None else row[kind.column]
     if row is None or key is None:
         raise ArtifactNotFound()
+    assert video_id is not None
     config = request.app[CONFIG_KEY]
-    validators = Validators(etag=etag_for(key), last_modified=int(row["modified"]))
+    private = row["visibility"] == "private"
+    sprite_query = None
+    etag = etag_for(key)
+    if private:
+        require_signature(request, video_id)
+        if kind.column == "storyboard_vtt_key":
+            # Rebuilt from the checked values: nothing else of the URL gets into the body.
+            expires = request.query["expires"]
+            sprite_query = f"expires={expires}&sig={request.query['sig']}"
+            # The body names this signature, so it is another content.
+            etag = etag_for(f"{key}-{expires}")
+    validators = Validators(etag=etag, last_modified=int(row["modified"]))
+    max_age = min(config.stream_cache_seconds, config.stream_url_ttl) if private \
+        else config.stream_cache_seconds
     headers = {
         "ETag": validators.etag,
         "Last-Modified": format_http_date(validators.last_modified),
-        "Cache-Control": f"public, max-age={config.stream_cache_seconds}",
+        "Cache-Control": f"{'private' if private else 'public'}, max-age={max_age}",
     }
     cond = Conditions(if_none_match=request.headers.get("If-None-Match"),
                       if_modified_since=request.headers.get("If-Modified-Since"))
@@ -63,8 +80,16 @@ async def artifact(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(storage_path(config.storage_dir, key).read_bytes)
     except FileNotFoundError:
         raise ArtifactNotFound() from None
+    if sprite_query is not None:
+        body = signed_sprites(body, video_id, sprite_query)
     return web.Response(body=body, headers=headers, content_type=kind.content_type,
                         charset=kind.charset)
+
+
+def signed_sprites(vtt: bytes, video_id: int, query: str) -> bytes:
+    """A storyboard whose sprite URLs carry `query` (a private video's signature)."""
+    sprite = f"/videos/{video_id}/storyboard.jpg#".encode()
+    return vtt.replace(sprite, sprite[:-1] + b"?" + query.encode("ascii") + b"#")
 
 
 def setup(app: web.Application) -> None:

@@ -37,20 +37,22 @@ class VideoFile:
     headers: Mapping[str, str]
     # The same with Content-Type and Server, as header lines for a direct response.
     fields: bytes
+    # Served only with a signed URL, and kept by no shared cache.
+    private: bool = False
 
 
 def video_file(path: Path, size: int, content_type: str, validators: Validators,
-               max_age: int) -> VideoFile:
+               max_age: int, private: bool = False) -> VideoFile:
     headers = MappingProxyType({
         "ETag": validators.etag,
         "Last-Modified": format_http_date(validators.last_modified),
-        "Cache-Control": f"public, max-age={max_age}",
+        "Cache-Control": f"{'private' if private else 'public'}, max-age={max_age}",
         "Accept-Ranges": "bytes",
         # Media a browser sniffed as HTML or script would run as this origin's page.
         "X-Content-Type-Options": "nosniff",
     })
     fields = header_fields({**headers, "Content-Type": content_type})
-    return VideoFile(path, size, content_type, validators, headers, fields)
+    return VideoFile(path, size, content_type, validators, headers, fields, private)
 
 
 class OpenFile:
@@ -183,13 +185,20 @@ class VideoFileCache:
         if handle is not None:
             handle.release()
 
-    def changed(self, video_id: int | None) -> OpenFile | None:
-        """Forget one video, or (None) every video; the forgotten file if it is being sent."""
+    def changed(self, video_id: int | None) -> tuple[OpenFile, bool] | None:
+        """Forget one video, or (None) every video.
+
+        The forgotten file if it is being sent, and whether it was served without
+        a signature (not private) until now.
+        """
         self.generation += 1
         if video_id is not None:
             handle = self._files.get(video_id)
+            cached = self._hits.get(video_id)
             self.evict(video_id)
-            return handle if handle is not None and handle.streams else None
+            if handle is None or not handle.streams:
+                return None
+            return handle, cached is None or not cached.private
         self._hits.clear()
         self._misses.clear()
         self.close()
@@ -204,25 +213,30 @@ def etag_for(storage_key: str) -> str:
 class VideoFiles:
     """Loads a video's stream metadata once, however many requests ask at once."""
 
-    def __init__(self, db: Database, storage_dir: Path, max_age: int) -> None:
+    def __init__(self, db: Database, storage_dir: Path, max_age: int,
+                 private_max_age: int | None = None) -> None:
         self._db = db
         self._storage_dir = storage_dir
         self._max_age = max_age
+        self._private_max_age = max_age if private_max_age is None else private_max_age
         self.cache = VideoFileCache()
         self._loads: SingleFlight[int, VideoFile | None] = SingleFlight()
         self._checks: set[asyncio.Future[None]] = set()
 
     def changed(self, video_id: int | None) -> None:
         """A change feed subscriber. Responses still sending a video that is no longer
-        served (deleted, or no longer ready) are cut off too, so a player streaming
-        one long `bytes=0-` response stops within a second or two, as new requests do."""
-        sending = self.cache.changed(video_id)
-        if sending is not None and video_id is not None:
-            check = asyncio.ensure_future(self._cut_off_if_gone(video_id, sending))
+        served (deleted, no longer playable, or made private: those may have been
+        unsigned) are cut off too, so a player streaming one long `bytes=0-`
+        response stops within a second or two, as new requests do. The author's
+        player asks again with its signed URL."""
+        found = self.cache.changed(video_id)
+        if found is not None and video_id is not None:
+            sending, was_open = found
+            check = asyncio.ensure_future(self._cut_off_if_gone(video_id, sending, was_open))
             self._checks.add(check)
             check.add_done_callback(self._checks.discard)
 
-    async def _cut_off_if_gone(self, video_id: int, sending: OpenFile) -> None:
+    async def _cut_off_if_gone(self, video_id: int, sending: OpenFile, was_open: bool) -> None:
         try:
             row = await self._db.one("video_file", {"id": video_id})
         except Exception as exc:
@@ -230,10 +244,11 @@ class VideoFiles:
             # is not lost, and this check is only about responses in flight.
             log.warning("could not check video %d after a change: %r", video_id, exc)
             return
-        if row is None:
+        if row is None or (was_open and row["visibility"] == "private"):
             cut = sending.cut_off()
             if cut:
-                log.info("video %d is gone: cut off %d response(s) in flight", video_id, cut)
+                log.info("video %d is gone or private: cut off %d response(s) in flight",
+                         video_id, cut)
 
     async def close(self) -> None:
         for check in list(self._checks):
@@ -251,13 +266,15 @@ class VideoFiles:
     async def _read(self, video_id: int) -> VideoFile | None:
         generation = self.cache.generation
         row = await self._db.one("video_file", {"id": video_id})
+        private = row is not None and row["visibility"] == "private"
         value = None if row is None else video_file(
             path=storage_path(self._storage_dir, row["storage_key"]),
             size=row["size"],
             content_type=row["content_type"],
             validators=Validators(etag=etag_for(row["storage_key"]),
                                   last_modified=int(row["created"])),
-            max_age=self._max_age,
+            max_age=self._private_max_age if private else self._max_age,
+            private=private,
         )
         if self.cache.generation == generation:
             self.cache.put(video_id, value)

@@ -5,7 +5,9 @@ out with sendfile. File metadata is cached per process so a seeking player's
 many requests cost no database round trip, and the usual request (a GET of one
 range or the whole file, no conditional headers) is written straight to the
 socket (`sendfile.send_direct`); bench/NOTES.md has the measurements behind the
-shape of the hot path.
+shape of the hot path. A private video is served the same way once its signed
+URL checks out (`signed`), which needs no lookup either; a public one pays one
+attribute test.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .sendfile import (
     send_direct,
     sendfile,
 )
+from .signed import require_signature
 
 FILES_KEY: web.AppKey[VideoFiles] = web.AppKey("video_files")
 
@@ -77,6 +80,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     video = None if video_id is None else await request.app[FILES_KEY].load(video_id)
     if video_id is None or video is None:
         raise VideoNotFound()
+    if video.private:
+        require_signature(request, video_id)
     cond = conditions(request)
     if cond is NO_CONDITIONS and request.method == "GET" and request.version == HttpVersion11:
         span = plain_span(request.headers.get("Range"), video.size)
@@ -216,7 +221,8 @@ async def send(request: web.Request, response: FileBodyResponse, fd: int,
 
 async def files_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    files = VideoFiles(app[DB_KEY], config.storage_dir, config.stream_cache_seconds)
+    files = VideoFiles(app[DB_KEY], config.storage_dir, config.stream_cache_seconds,
+                       min(config.stream_cache_seconds, config.stream_url_ttl))
     app[FILES_KEY] = files
     app[CHANGES_KEY].subscribe(files.changed)
     try:

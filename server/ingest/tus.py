@@ -12,6 +12,8 @@ alone (404 for anyone else).
   tus-js-client and tuspy resolve it against the URL they posted to, and no Host
   header is trusted to build it) and Upload-Expires. A body sent as
   application/offset+octet-stream is the first chunk (creation-with-upload).
+  Each creation counts against RATE_LIMIT_UPLOAD, per account and per address,
+  as multipart uploads do: past it, 429 with Retry-After (and the tus headers).
 - `HEAD /uploads/{id}`: Upload-Offset, Upload-Length, Upload-Metadata,
   `Cache-Control: no-store`.
 - `PATCH /uploads/{id}`: application/offset+octet-stream at Upload-Offset (409
@@ -59,7 +61,7 @@ from .tus_rules import (
     video_fields,
 )
 from .tus_store import Held, TusStore, Upload, UploadNotFound, offset_mismatch
-from .upload import StagedFile, check_fields, create_video
+from .upload import StagedFile, check_fields, count_upload, create_video
 
 routes = web.RouteTableDef()
 
@@ -156,6 +158,7 @@ async def create(request: web.Request) -> web.Response:
         declared = request.content_length
         if declared is not None and declared > length:
             raise _too_long(length)
+    await count_upload(request, user_id)
 
     store = _store(request)
     upload, lease = await store.create(user_id, length, raw_metadata.strip(), title,

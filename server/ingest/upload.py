@@ -19,15 +19,19 @@ from aiohttp.http_exceptions import HttpProcessingError
 from server.accounts.auth import authenticated_user
 from server.catalog.handlers import CATALOG_KEY
 from server.catalog.records import video_json
+from server.core.clients import hash_secret
 from server.core.errors import ApiError
-from server.core.keys import CONFIG_KEY
+from server.core.keys import CONFIG_KEY, REDIS_KEY
+from server.core.keyspace import Keyspace
 from server.core.loops import run_every, stop
+from server.core.ratelimit import ActionThrottle, RateLimiter
 from server.core.storage import new_storage_key, unlink
 from server.core.validation import invalid
 
 from .media import SNIFF_BYTES, probe_duration, sniff_container
 
 routes = web.RouteTableDef()
+UPLOAD_THROTTLE_KEY = web.AppKey("upload_throttle", ActionThrottle)
 
 CHUNK = 256 * 1024
 TEXT_FIELD_LIMIT = 64 * 1024
@@ -156,6 +160,14 @@ def check_fields(fields: dict[str, str]) -> tuple[str, str]:
     return title, description
 
 
+async def count_upload(request: web.Request, user_id: int) -> None:
+    """Count an upload begun (multipart or tus), per account and per address
+    (RATE_LIMIT_UPLOAD), or raise RateLimited (429 with Retry-After). Counted once
+    its headers pass, before any of the body is read."""
+    await request.app[UPLOAD_THROTTLE_KEY].hit(request, "upload", user_id,
+                                               request.app[CONFIG_KEY].rate_limit_upload)
+
+
 @routes.post("/videos/upload", name="upload")
 async def upload(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
@@ -165,6 +177,7 @@ async def upload(request: web.Request) -> web.Response:
     declared = request.content_length
     if declared is not None and declared > config.max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(config.max_upload_bytes)
+    await count_upload(request, user_id)
 
     fields, staged = await _read_upload(request)
     try:
@@ -205,7 +218,11 @@ def _sweep_stale_uploads(storage_dir: Path) -> None:
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    storage_dir = app[CONFIG_KEY].storage_dir
+    config = app[CONFIG_KEY]
+    storage_dir = config.storage_dir
+    limiter = RateLimiter(app[REDIS_KEY], Keyspace(config.redis_prefix))
+    app[UPLOAD_THROTTLE_KEY] = ActionThrottle(limiter, hash_secret(config.jwt_secret),
+                                              config.trusted_proxies)
     await asyncio.to_thread(storage_dir.mkdir, parents=True, exist_ok=True)
     # The first sweep runs at start-up: it finds what a crash left behind.
     sweep = run_every(STALE_TEMP_SWEEP_EVERY,

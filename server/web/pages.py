@@ -1,7 +1,13 @@
 """The HTML front end: server-rendered pages over the JSON API, plain JS and CSS.
 
-Pages only read; everything that changes state (auth, upload, progress reports)
-is done by the browser through the JSON API and the viewer WebSocket.
+Pages only read; everything that changes state (auth, upload, progress reports,
+comments, reactions, subscriptions, reports, moderation) is done by the browser
+through the JSON API and the viewer WebSocket. A page is rendered alike for
+everybody: what only the signed-in user may see is added by the page's script,
+since only the tab knows who is signed in.
+
+Page paths never overlap API paths: a channel is `/@{id}` (the API is
+`/users/{id}`), search results are `/results?q=` (the API is `/search`).
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import jinja2
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from server.accounts.profiles import PROFILES_KEY, profile_json
+from server.accounts.standing import STANDING_KEY
 from server.catalog.handlers import CATALOG_KEY, with_current_views
 from server.catalog.records import VideoNotFound, video_json
 from server.core.errors import ApiError, NotFound
 from server.core.ids import parse_video_id
 from server.core.keys import CONFIG_KEY, HTML_ERRORS_KEY, LIVE_COUNTS_KEY
+from server.moderation.rules import REPORT_REASONS
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -33,7 +42,19 @@ TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 PAGE_SIZE = 12
 # Paths whose errors stay JSON whatever the client accepts.
-API_PREFIXES = ("/auth/", "/videos/")
+API_PREFIXES = ("/auth/", "/videos/", "/users/", "/comments/", "/feed/", "/search",
+                "/reports", "/moderation/", "/admin/")
+# What a report button offers, in this order, with the words shown for each.
+REASON_LABELS = {
+    "spam": "Spam or misleading",
+    "harassment": "Harassment or bullying",
+    "hate": "Hateful or abusive",
+    "violence": "Violent or dangerous",
+    "sexual": "Sexual content",
+    "copyright": "Infringes my rights",
+    "misinformation": "Misinformation",
+    "other": "Something else",
+}
 # Static URLs carry a hash of the files, so they can be cached for good.
 STATIC_CACHE = "public, max-age=31536000, immutable"
 PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
@@ -128,8 +149,72 @@ async def watch(request: web.Request) -> web.Response:
     except VideoNotFound:
         # Rendered as the HTML 404 page by the error middleware, like every page error.
         raise NotFound("This video does not exist, or it was deleted.") from None
+    hidden = restriction(video, request.app[STANDING_KEY].is_banned(video["author_id"]))
+    if hidden is not None:
+        # Nothing of the video itself: its author's script asks for it (and for why
+        # it was removed) with their token.
+        return render(request, "watch_restricted.html",
+                      {"video_id": video["id"], "restriction": hidden},
+                      status=410 if hidden == "removed" else 404)
     [video] = await with_current_views(request.app, [video])
-    return render(request, "watch.html", {"video": presented(video)})
+    return render(request, "watch.html", {
+        "video": presented(video),
+        "comment_max_length": request.app[CONFIG_KEY].comment_max_length,
+        "reasons": report_reasons(),
+    })
+
+
+def restriction(row: dict[str, Any], author_banned: bool) -> str | None:
+    """Why a video's page shows nobody the video: removed, private or unavailable."""
+    if row["removed_at"] is not None:
+        return "removed"
+    if author_banned:
+        return "unavailable"
+    if row["visibility"] == "private":
+        return "private"
+    return None
+
+
+def report_reasons() -> list[tuple[str, str]]:
+    """The reasons a report may give, as (value, label) for a select."""
+    return [(reason, REASON_LABELS.get(reason, reason.capitalize()))
+            for reason in REPORT_REASONS]
+
+
+@routes.get("/@{id}", name="page_channel")
+async def channel_page(request: web.Request) -> web.Response:
+    """A user's channel: who they are, their subscribers; the videos come from the script."""
+    try:
+        row = await request.app[PROFILES_KEY].public(request.match_info["id"])
+    except NotFound:
+        # A banned user's channel is gone while the ban lasts, like their profile.
+        raise NotFound("There is no such channel.") from None
+    return render(request, "channel.html", {
+        "channel": {**profile_json(row), "created_at": row["created_at"]},
+        "reasons": report_reasons(),
+    })
+
+
+@routes.get("/results", name="page_results")
+async def results_page(request: web.Request) -> web.Response:
+    """The results page; the results come from GET /search, asked by the script."""
+    query = request.query.get("q", "").strip()[:200]
+    return render(request, "search.html", {"search_query": query})
+
+
+@routes.get("/me/videos", name="page_my_videos")
+async def my_videos_page(request: web.Request) -> web.Response:
+    return render(request, "my_videos.html", {})
+
+
+@routes.get("/settings", name="page_settings")
+async def settings_page(request: web.Request) -> web.Response:
+    return render(request, "settings.html", {})
+
+
+@routes.get("/moderation", name="page_moderation")
+async def moderation_page(request: web.Request) -> web.Response:
+    return render(request, "moderation.html", {"reasons": report_reasons()})
 
 
 @routes.get("/login", name="page_login")
@@ -149,7 +234,8 @@ async def upload_page(request: web.Request) -> web.Response:
 
 
 PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register",
-                         "page_upload"})
+                         "page_upload", "page_channel", "page_my_videos", "page_settings",
+                         "page_moderation", "page_results"})
 
 
 def presented(row: dict[str, Any]) -> dict[str, Any]:
@@ -175,11 +261,11 @@ async def watching_now(app: web.Application, video_ids: list[int]) -> dict[int, 
 
 def wants_html(request: web.Request) -> bool:
     """Page routes always get HTML errors; the API never; anything else if it asks."""
+    if request.match_info.route.name in PAGE_ROUTES:
+        return True
     path = request.path
     if path == "/videos" or path.startswith(API_PREFIXES):
         return False
-    if request.match_info.route.name in PAGE_ROUTES:
-        return True
     return "text/html" in request.headers.get("Accept", "")
 
 

@@ -5,6 +5,7 @@
     broadcaster.py  re-reading a room's numbers and pushing them, at most twice a second
     hub.py          the rooms, each socket's Redis work in order, the heartbeat
     deletions.py    closing the sockets of deleted videos, in every process
+    bans.py         closing the sockets of banned users, in every process
     websocket.py    GET /videos/{id}/active-viewers
 
 Active viewers are distinct viewers: the viewer key of view counting (the
@@ -14,7 +15,8 @@ from then on. Each address (an IPv6 /64 is one) may hold PRESENCE_MAX_PER_ADDRES
 sockets across every process.
 
 Close codes: 1001 server shutting down; 1013 Redis unavailable, try again later;
-4404 "video deleted"; 4429 "too many connections from this address" (the
+4403 "account banned" (the account signed in on the socket); 4404 "video
+deleted"; 4429 "too many connections from this address" (the
 upgrade is accepted first, since a browser never sees the status of a refused
 handshake, only a close code).
 """
@@ -25,6 +27,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from server.accounts.standing import STANDING_KEY
 from server.catalog.handlers import CATALOG_KEY
 from server.catalog.records import Catalog, VideoNotFound
 from server.core.keys import BUS_KEY, CHANGES_KEY, CONFIG_KEY, LIVE_COUNTS_KEY, REDIS_KEY
@@ -34,11 +37,11 @@ from ..counter import VIEWS_CHANGED, VIEWS_KEY
 from .broadcaster import TICK, Broadcaster
 from .deletions import VideoExists
 from .hub import PresenceHub
-from .room import DELETED, TOO_MANY, Connection, state_text, text_frame
+from .room import BANNED, DELETED, TOO_MANY, Connection, state_text, text_frame
 from .store import VIEWERS_CHANGED, PresenceStore
 from .websocket import PRESENCE_KEY, active_viewers
 
-__all__ = ["DELETED", "PRESENCE_KEY", "TICK", "TOO_MANY", "Connection", "PresenceHub",
+__all__ = ["BANNED", "DELETED", "PRESENCE_KEY", "TICK", "TOO_MANY", "Connection", "PresenceHub",
            "setup", "state_text", "text_frame"]
 
 
@@ -57,14 +60,16 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = PresenceStore(app[REDIS_KEY], Keyspace(config.redis_prefix), ttl=config.presence_ttl,
                           max_per_address=config.presence_max_per_address)
+    standing = app[STANDING_KEY]
     hub = PresenceHub(store, Broadcaster(store, app[VIEWS_KEY].current),
-                      video_exists(app[CATALOG_KEY]))
+                      video_exists(app[CATALOG_KEY]), standing.is_banned)
     app[PRESENCE_KEY] = hub
     app[LIVE_COUNTS_KEY] = hub
     bus = app[BUS_KEY]
     bus.on(bus.key(VIEWERS_CHANGED), hub.on_viewers_changed)
     bus.on(bus.key(VIEWS_CHANGED), hub.on_views_changed)
     app[CHANGES_KEY].subscribe(hub.deletions.changed)
+    standing.on_banned(hub.bans.banned)
     hub.start()
     try:
         yield

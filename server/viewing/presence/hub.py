@@ -12,7 +12,8 @@
 - Every second every room is marked for a re-read, which is how expiries are
   noticed; every VIEWS_POLLS seconds its view total too (that only heals
   messages lost while pub/sub reconnected).
-- Sockets of deleted videos are closed by DeletedVideos (deletions.py).
+- Sockets of deleted videos are closed by DeletedVideos (deletions.py), those
+  of banned users by BannedViewers (bans.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError
 from server.core.ids import parse_video_id
 from server.core.loops import run_every, stop
 
+from .bans import BannedViewers, IsBanned
 from .broadcaster import Broadcaster
 from .deletions import CHECK_INTERVAL, DeletedVideos, VideoExists
 from .room import Connection, Room
@@ -50,12 +52,13 @@ def beat_interval(ttl: float) -> float:
 
 class PresenceHub:
     def __init__(self, store: PresenceStore, broadcaster: Broadcaster,
-                 video_exists: VideoExists) -> None:
+                 video_exists: VideoExists, is_banned: IsBanned) -> None:
         self.store = store
         self.broadcaster = broadcaster
         self.beat_interval = beat_interval(store.ttl)
         self.rooms: dict[int, Room] = {}
         self.deletions = DeletedVideos(self.rooms, video_exists)
+        self.bans = BannedViewers(self.rooms, is_banned)
         self.closing = False
         self._steps: set[asyncio.Future[Any]] = set()
         # Removals of a (video, viewer) member in flight; a re-add waits for them.
@@ -94,6 +97,7 @@ class PresenceHub:
         if not conn.left:
             self.broadcaster.welcome(room, conn, count, views)
             self.deletions.joined(room, conn)
+            self.bans.joined(conn)
         return True
 
     async def rekey(self, conn: Connection, viewer: str) -> None:
@@ -258,6 +262,7 @@ class PresenceHub:
         if self._steps:
             await asyncio.wait(self._steps)
         self.deletions.stop()
+        self.bans.stop()
         viewers: dict[int, list[str]] = {}
         sockets: dict[str, list[str]] = defaultdict(list)
         for room in self.rooms.values():

@@ -20,6 +20,7 @@ CLOSE_TIMEOUT = 5.0
 # Close codes of our own (RFC 6455 leaves 4000-4999 to applications), shaped
 # after the HTTP statuses a browser's WebSocket API cannot show.
 DELETED = 4404  # the video was deleted
+BANNED = 4403  # the account signed in on the socket was banned
 TOO_MANY = 4429  # the address holds PRESENCE_MAX_PER_ADDRESS sockets already
 
 
@@ -48,11 +49,12 @@ def text_frame(text: str) -> bytes:
 class Connection:
     """One open socket: whose it is, and the last state written to it."""
 
-    __slots__ = ("video_id", "conn_id", "ws", "transport", "viewer", "address", "sent",
-                 "last_step", "left")
+    __slots__ = ("video_id", "conn_id", "ws", "transport", "viewer", "address", "user_id",
+                 "sent", "last_step", "left")
 
     def __init__(self, video_id: int, ws: web.WebSocketResponse,
-                 transport: asyncio.BaseTransport | None, *, viewer: str, address: str) -> None:
+                 transport: asyncio.BaseTransport | None, *, viewer: str, address: str,
+                 user_id: int | None = None) -> None:
         self.video_id = video_id
         self.conn_id = secrets.token_hex(8)
         self.ws = ws
@@ -60,6 +62,8 @@ class Connection:
         # The viewer key (changes when the socket signs in) and the address bucket's key.
         self.viewer = viewer
         self.address = address
+        # The account signed in on the socket, if any: its ban closes the socket.
+        self.user_id = user_id
         self.sent: str | None = None
         # This socket's Redis work runs in order: each step starts after the last.
         self.last_step: asyncio.Future[Any] | None = None

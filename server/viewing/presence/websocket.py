@@ -48,10 +48,11 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     if hub.closing:
         raise Unavailable("The server is shutting down")
     app[VIEWS_KEY].remember_duration(video_id, duration)
-    watcher = identify(request, optional_user(request))
+    user_id = optional_user(request)
+    watcher = identify(request, user_id)
     await ws.prepare(request)
     conn = Connection(video_id, ws, request.transport, viewer=watcher.viewer,
-                      address=watcher.ip)
+                      address=watcher.ip, user_id=user_id)
     try:
         if await hub.join(conn, stored_views):
             await _receive(request, hub, conn, watcher, duration)
@@ -109,7 +110,8 @@ async def _receive(request: web.Request, hub: PresenceHub, conn: Connection, wat
             if user_id is None:
                 await _send_error(ws, "invalid_token", "The access token is invalid or expired")
                 continue
-            # Views and presence both follow the account from here on.
+            # Views and presence both follow the account from here on, and its ban.
+            conn.user_id = user_id
             watcher = identify(request, user_id)
             await hub.rekey(conn, watcher.viewer)
         else:
