@@ -30,13 +30,16 @@ async def client(aiohttp_client, make_config):
     ("über", TextSearch("über", "", "über:*")),
     ("#Cooking", TagSearch("cooking")),
     ("# Travel ", TagSearch("travel")),
+    ("#ＣＯＯＫＩＮＧ", TagSearch("cooking")),
+    # What cannot be a tag is searched as text.
+    ("#" + "t" * 51, TextSearch("#" + "t" * 51, "#", "t" * 51 + ":*")),
 ])
 def test_parse_search(raw, parsed):
     assert parse_search(raw) == parsed
 
 
-@pytest.mark.parametrize("raw", [None, "", "   ", "#", "# ", "x" * 201, "a\x00b", "\ud800",
-                                 "#" + "t" * 51])
+@pytest.mark.parametrize("raw", [None, "", "   ", "#", "# ", "##", "x" * 201, "a\x00b",
+                                 "\ud800"])
 def test_parse_search_refuses(raw):
     with pytest.raises(ApiError) as info:
         parse_search(raw)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from server.core.db import Database, fetch_one, refused
 from server.core.errors import ApiError, Invalid, NotFound
 from server.core.ids import parse_id
 from server.core.storage import new_storage_key, storage_path, unlink
-from server.core.validation import read_json_object, string_field
+from server.core.validation import clean_text, read_json_object, string_field
 
 from .auth import UNAUTHORIZED, authenticated_user
 from .avatars import MAX_BYTES, ImageRejected, render_avatar
@@ -36,8 +35,6 @@ NAME_MAX = 50
 BIO_MAX = 1000
 # Room for surrounding white space that strip() removes.
 RAW_SLACK = 200
-# Direction overrides and isolates make a name display as something it is not.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Images decoded at once by this process: each may take a few hundred MB.
 DECODE_CONCURRENCY = 2
 READ_CHUNK = 64 * 1024
@@ -47,21 +44,6 @@ REVALIDATE = "public, no-cache"
 
 
 # --- pure rules --------------------------------------------------------------
-
-def clean_text(value: str, name: str, max_len: int, *, multiline: bool) -> str:
-    """User-written text: NFC, CRLF as LF, trimmed, no control characters (a line
-    break and a tab only where `multiline`), at most `max_len` characters."""
-    text = unicodedata.normalize("NFC", value.replace("\r\n", "\n")).strip()
-    for char in text:
-        category = unicodedata.category(char)
-        if multiline and char in "\n\t":
-            continue
-        if category in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS:
-            raise Invalid(f"'{name}' must not contain control characters")
-    if len(text) > max_len:
-        raise Invalid(f"'{name}' must be at most {max_len} characters")
-    return text
-
 
 def clean_name(value: str) -> str:
     name = clean_text(value, "name", NAME_MAX, multiline=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.core.errors import Invalid
+from server.core.validation import clean_text, string_field
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 5000
@@ -71,22 +72,16 @@ def normalise_tags(value: object) -> list[str]:
 
 
 def _text(body: dict[str, Any], name: str, max_len: int, *, required: bool) -> str | None:
+    """A text field when present: a string of valid Unicode, trimmed, without control
+    characters (line breaks and tabs allowed in a description)."""
     if name not in body:
         return None
-    value = body[name]
-    if not isinstance(value, str):
+    if body[name] is None:
         raise Invalid(f"'{name}' must be a string")
-    value = value.strip()
+    raw = string_field(body, name, max_len=4 * max_len)
+    value = clean_text(raw, name, max_len, multiline=not required)
     if required and not value:
         raise Invalid(f"'{name}' must not be empty")
-    if len(value) > max_len:
-        raise Invalid(f"'{name}' must be at most {max_len} characters")
-    if "\x00" in value:
-        raise Invalid(f"'{name}' must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
-        raise Invalid(f"'{name}' must be valid Unicode text") from None
     return value
 
 

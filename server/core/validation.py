@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 from aiohttp import web
 
-from .errors import ApiError
+from .errors import ApiError, Invalid
 
+# Direction overrides and isolates make a name display as something it is not.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
 
 
@@ -36,7 +39,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 def invalid(message: str) -> ApiError:
-    return ApiError(422, "validation_error", message)
+    return Invalid(message)
 
 
 def string_field(body: dict[str, Any], name: str, *, required: bool = True,
@@ -90,3 +93,18 @@ def positive_int(raw: str | None, name: str, *, default: int | None = None,
     if maximum is not None and value > maximum:
         raise invalid(f"'{name}' must be at most {maximum}")
     return value
+
+
+def clean_text(value: str, name: str, max_len: int, *, multiline: bool) -> str:
+    """User-written text: NFC, CRLF as LF, trimmed, no control characters (a line
+    break and a tab only where `multiline`), at most `max_len` characters."""
+    text = unicodedata.normalize("NFC", value.replace("\r\n", "\n")).strip()
+    for char in text:
+        category = unicodedata.category(char)
+        if multiline and char in "\n\t":
+            continue
+        if category in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS:
+            raise Invalid(f"'{name}' must not contain control characters")
+    if len(text) > max_len:
+        raise Invalid(f"'{name}' must be at most {max_len} characters")
+    return text

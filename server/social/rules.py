@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from server.catalog.edits import normalise_tag as stored_tag
 from server.core.errors import ApiError, Invalid
 
 # Top-level comments carry this many of their replies, oldest first.
@@ -21,7 +22,6 @@ REPLY_PREVIEW = 3
 SORTS = ("newest", "top")
 REACTIONS = ("like", "dislike")
 SEARCH_MAX_LENGTH = 200
-TAG_MAX_LENGTH = 50
 # A word being typed matches as a prefix once it is this long; a single letter
 # would match most of the index.
 PREFIX_MIN_LENGTH = 2
@@ -149,21 +149,17 @@ def check_query_text(raw: str | None, name: str = "q") -> str:
     return raw.strip()
 
 
-def normalise_tag(raw: str) -> str:
-    """A tag as stored: lower case, no '#', no surrounding whitespace."""
-    tag = raw.strip().lstrip("#").strip().lower()
-    if not tag:
-        raise Invalid("'#' must be followed by a tag")
-    if len(tag) > TAG_MAX_LENGTH:
-        raise Invalid(f"a tag is at most {TAG_MAX_LENGTH} characters")
-    return tag
-
-
 def parse_search(raw: str | None) -> TextSearch | TagSearch:
     """What GET /search?q= asks for: a tag (`#tag`) or a text query."""
     q = check_query_text(raw)
     if q.startswith("#"):
-        return TagSearch(normalise_tag(q))
+        # `#tag` lists a tag, in the form tags are stored in; anything after '#' that
+        # cannot be a tag ("#two words") is searched as text.
+        if not q.lstrip("#").strip():
+            raise Invalid("'#' must be followed by a tag")
+        tag = stored_tag(q)
+        if tag is not None:
+            return TagSearch(tag)
     match = TRAILING_WORD_RE.search(q)
     # A space after the last word: it is finished, and matches whole.
     assert raw is not None
