@@ -1,10 +1,10 @@
 """`python -m bench [--quick] [...]`: every row of the speed table, in one run on this machine.
 
 Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler and nginx
-with wrk, one server process each; row d opens thousands of live-viewer WebSockets; row e
-watches memory while multi-GB files go in and out; row p times the processing worker on a
-1080p clip; row f counts the requests Chromium makes before a ready video's first frame.
-The table is printed and saved as JSON.
+with wrk, one server process each; row m is row a against a second server with metrics on;
+row d opens thousands of live-viewer WebSockets; row e watches memory while multi-GB files
+go in and out; row p times the processing worker on a 1080p clip; row f counts the
+requests Chromium makes before a ready video's first frame. The table is printed and saved as JSON.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from .report import Row, ratio, save, table
 from .workspace import Workspace, make_media, sha256_of
 
 HERE = Path(__file__).resolve().parent
-ALL_ROWS = ("a", "b", "c", "s", "d", "e", "p", "f")
+ALL_ROWS = ("a", "b", "c", "m", "s", "d", "e", "p", "f")
 # The rows measured against the main server and its 64 MiB file.
-SERVING_ROWS = {"a", "b", "c", "s", "d", "e"}
+SERVING_ROWS = {"a", "b", "c", "m", "s", "d", "e"}
+# Any token turns metrics on; row m's server is never scraped.
+BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789"
 MiB = 2**20
 GiB = 2**30
 
@@ -63,7 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: short loads, small N, small large file")
     parser.add_argument("--rows", default=",".join(ALL_ROWS),
-                        help="which rows to run: a b c (HTTP), s (WORKERS scaling), "
+                        help="which rows to run: a b c (HTTP), m (row a with metrics on), "
+                             "s (WORKERS scaling), "
                              "d (presence), e (multi-GB memory), p (processing speed), "
                              "f (requests before the first frame); default all")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 6)")
@@ -259,6 +262,50 @@ def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: 
     )
 
 
+def run_metrics_cost(args: argparse.Namespace, ws: Workspace, plain: Target, video_id: int,
+                     size: int, cpus: tuple[set[int] | None, set[int] | None], log: Any) -> Row:
+    """Row a against the main server and against one with metrics on, in alternate rounds.
+
+    Both are pinned to the same CPU, started the same way (ACCESS_LOG=0); the second
+    has METRICS_TOKEN set, so each response is counted per route and status.
+    """
+    server_cpus, load_cpus = cpus
+    spec = http_rows(argparse.Namespace(**{**vars(args), "rows": {"a"}}))[0]
+    server = tubelet.start(ws, "main", cpus=server_cpus,
+                           extra_env={"METRICS_TOKEN": BENCH_METRICS_TOKEN})
+    offs: list[wrk.WrkResult] = []
+    ons: list[wrk.WrkResult] = []
+    with running("tubelet-metrics", server.proc):
+        metered = Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)
+        for n in range(args.rounds):
+            offs.append(load(args, plain, spec, size, load_cpus))
+            ons.append(load(args, metered, spec, size, load_cpus))
+            log(f"  m) round {n + 1}/{args.rounds}: metrics off {offs[-1].rps:,.0f} req/s "
+                f"({_cpu_us(offs[-1]):.1f} us CPU/req), on {ons[-1].rps:,.0f} req/s "
+                f"({_cpu_us(ons[-1]):.1f} us CPU/req)")
+    off, on = _median(spec, offs), _median(spec, ons)
+    r = statistics.median(b.rps / a.rps for a, b in zip(offs, ons, strict=True))
+    cpu_off = statistics.median(_cpu_us(x) for x in offs)
+    cpu_on = statistics.median(_cpu_us(x) for x in ons)
+    failed = sum(x.failed for x in offs + ons)
+    return Row(
+        key="m", what="row a with metrics on, vs off", unit="req/s", tubelet=on.rps,
+        shown=f"{on.rps:,.0f} (x{r:.2f} of {off.rps:,.0f})", ratio=None,
+        # Rounds of one server differ by up to 20% on a shared machine: 0.9 is "no cost
+        # this machine can measure", not a cost of 10%.
+        target=">= 0.9x row a", passed=r >= 0.9 and failed == 0,
+        note=f"metrics off {off.rps:,.0f} req/s, {cpu_off:.1f} us CPU/req; on {on.rps:,.0f} "
+             f"req/s, {cpu_on:.1f} us CPU/req (medians of {args.rounds} alternating rounds)",
+        detail={"off": [x.as_json() for x in offs], "on": [x.as_json() for x in ons],
+                "ratio": round(r, 3), "cpu_us_per_request": {"off": round(cpu_off, 2),
+                                                             "on": round(cpu_on, 2)}},
+    )
+
+
+def _cpu_us(result: wrk.WrkResult) -> float:
+    return result.server_cpu_seconds / max(result.requests, 1) * 1e6
+
+
 async def _stream_discard(url: str) -> int:
     total = 0
     timeout = aiohttp.ClientTimeout(total=None)
@@ -340,7 +387,7 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
         f"(server RSS {upload_rss.before / MiB:.0f} -> peak {upload_rss.peak / MiB:.0f} MiB)")
 
     targets = [Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)]
-    http_wanted = bool({"a", "b", "c", "s"} & args.rows) and "wrk" not in missing
+    http_wanted = bool({"a", "b", "c", "m", "s"} & args.rows) and "wrk" not in missing
     if http_wanted:
         proc, url = start_fileresponse(ws, stored, server_cpus)
         stack.enter_context(running("fileresponse", proc))
@@ -359,6 +406,8 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
                          key=lambda run: run["server_rss_peak_mib"])
             notes.append(f"tubelet RSS during row c: {detail['server_rss_before_mib']} MiB "
                          f"before, {detail['server_rss_peak_mib']} MiB peak")
+        if "m" in args.rows:
+            rows.append(run_metrics_cost(args, ws, targets[0], video_id, size, cpus, log))
         if "s" in args.rows:
             rows.append(run_scaling(args, ws, targets[0], video_id, size, log))
 

@@ -27,6 +27,7 @@ from server.core.config import ENVIRONMENT, Config, ConfigError
 from server.core.db import migrate
 from server.core.errors import first_line, quiet_client_errors
 from server.core.http import AppRunner
+from server.core.logs import configure as configure_logging
 from server.ingest.jobs import SHUTDOWN_GRACE, work
 from server.moderation.admin import AdminError, parse_role, set_role
 from server.viewing.counter import VIEWS_KEY
@@ -351,8 +352,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"tubelet: configuration error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     quiet_client_errors()
 
     def migrations() -> int:

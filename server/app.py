@@ -19,7 +19,7 @@ from server.delivery import handler as delivery
 from server.ingest import tus
 from server.ingest import upload as ingest
 from server.moderation import handlers as moderation
-from server.ops import health
+from server.ops import health, metrics, openapi
 from server.social import handlers as social
 from server.viewing import presence, reports
 from server.web import pages
@@ -47,7 +47,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(changes_ctx)
     app.cleanup_ctx.append(redis_ctx)
     http.setup(app)
+    metrics.setup(app)
     health.setup(app)
+    openapi.setup(app)
     accounts.setup(app)
     catalog.setup(app)
     delivery.setup(app)

@@ -101,7 +101,8 @@ async def test_login_flood_does_not_stall_other_requests(aiohttp_client, make_co
     # The other requests were served while the flood still waited for bcrypt,
     # not after it: one slow probe would mean they had queued behind it.
     assert in_flight > 0, f"the other requests waited for the flood to end: {probes}"
-    assert max(probes) < 2.0, probes
+    # Relative to the flood, not to a clock: a busy machine slows both alike.
+    assert max(probes) < flood_seconds / 2, (probes, flood_seconds)
     assert statuses == [401] * 64
 
 

@@ -77,6 +77,29 @@ def test_cursor_round_trip_and_garbage():
         assert info.value.status == 422 and info.value.code == "invalid_cursor"
 
 
+def test_cursor_dates_are_utc_and_bounded():
+    """A cursor's date reaches PostgreSQL in UTC: offsets Python takes and PostgreSQL
+    does not (past 15:59), or a date that leaves the calendar in UTC, are 422."""
+    from datetime import UTC, datetime
+    [moment] = decode_cursor(encode_cursor("2026-01-01T10:00:00+23:59"), datetime)
+    assert moment == datetime(2025, 12, 31, 10, 1, tzinfo=UTC) and moment.utcoffset().seconds == 0
+    with pytest.raises(ApiError) as info:
+        decode_cursor(encode_cursor("0001-01-01T00:00:00+23:59"), datetime)
+    assert info.value.code == "invalid_cursor"
+
+
+async def test_subscriptions_cursor_with_a_far_offset_is_not_a_500(client):
+    alice = await member(client, "alice")
+    cursor = encode_cursor("0001-01-01T00:00:00+23:59", 1)
+    resp = await client.get("/users/me/subscriptions", params={"cursor": cursor},
+                            headers=alice.auth)
+    assert resp.status == 422
+    cursor = encode_cursor("2001-01-01T00:00:00+23:59", 1)
+    resp = await client.get("/users/me/subscriptions", params={"cursor": cursor},
+                            headers=alice.auth)
+    assert resp.status == 200
+
+
 def test_parse_sort():
     assert parse_sort(None) == "newest" and parse_sort("top") == "top"
     with pytest.raises(ApiError):

@@ -300,6 +300,28 @@ async def test_dismissing_closes_every_open_report_on_the_target(client, api_err
     assert (await report(client, r1, "video", video["id"])).status == 201
 
 
+async def test_nobody_dismisses_reports_about_themself_or_an_admin(client, api_error):
+    moderator, other_moderator = await member(client, "moderator"), await member(client,
+                                                                                  "moderator")
+    admin, reporter = await member(client, "admin"), await member(client)
+    about_self = await (await report(client, reporter, "user", moderator.id)).json()
+    own_video = await video_of(client, moderator)
+    about_video = await (await report(client, reporter, "video", own_video["id"])).json()
+    about_admin = await (await report(client, reporter, "user", admin.id)).json()
+    for target in (about_self, about_video, about_admin):
+        await api_error(await act(client, moderator, "POST",
+                                  f"/moderation/reports/{target['id']}/dismiss",
+                                  {"reason": "Nothing here"}), 403)
+    assert report_statuses(client, "user", moderator.id) == ["open"]
+    # Another moderator may not either; an admin may dismiss the ones about a moderator.
+    await api_error(await act(client, other_moderator, "POST",
+                              f"/moderation/reports/{about_self['id']}/dismiss",
+                              {"reason": "Nothing here"}), 403)
+    resp = await act(client, admin, "POST", f"/moderation/reports/{about_self['id']}/dismiss",
+                     {"reason": "Nothing here"})
+    assert resp.status == 200, await resp.text()
+
+
 async def test_the_queue_lists_open_reports_first_with_their_targets(client, api_error):
     author, moderator = await member(client), await member(client, "moderator")
     reporters = [await member(client) for _ in range(3)]

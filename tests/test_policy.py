@@ -19,7 +19,9 @@ U, M, A = Role.USER, Role.MODERATOR, Role.ADMIN
 ON_TARGETS: dict[Action, dict[Role, str]] = {
     action: {U: "-----", M: "Y---Y", A: "YY--Y"}
     for action in (Action.VIDEO_REMOVE, Action.VIDEO_RESTORE, Action.COMMENT_REMOVE,
-                   Action.COMMENT_RESTORE, Action.USER_BAN, Action.USER_UNBAN)
+                   Action.COMMENT_RESTORE, Action.USER_BAN, Action.USER_UNBAN,
+                   # A report about someone: nobody buries one about themself or an admin.
+                   Action.REPORT_DISMISS)
 }
 # Same letters, for actions where only ownership matters.
 BY_OWNERSHIP: dict[Action, dict[Role, str]] = {
@@ -28,7 +30,6 @@ BY_OWNERSHIP: dict[Action, dict[Role, str]] = {
                       Action.COMMENT_DELETE, Action.PROFILE_EDIT)},
     Action.VIDEO_SEE_HIDDEN: {U: "---Y-", M: "YYYYY", A: "YYYYY"},
     Action.MODERATION_READ: {U: "-----", M: "YYYYY", A: "YYYYY"},
-    Action.REPORT_DISMISS: {U: "-----", M: "YYYYY", A: "YYYYY"},
     # Setting roles: admins, on anyone but themselves.
     Action.ROLE_SET: {U: "-----", M: "-----", A: "YYY-Y"},
 }

@@ -18,7 +18,9 @@ from PIL import Image
 from server.accounts.avatars import MAX_BYTES, sniff_image
 from server.accounts.profiles import clean_bio, clean_name, etag_matches
 from server.accounts.standing import STANDING_KEY
+from server.app import create_app
 from server.catalog.handlers import CATALOG_KEY
+from server.core.config import RateSpec
 from server.core.errors import Invalid
 from server.core.keys import CONFIG_KEY, DB_KEY
 
@@ -381,3 +383,16 @@ def test_avatar_files_are_named_like_every_stored_file():
 
     assert STORAGE_KEY_RE.fullmatch(new_storage_key("jpg"))
 
+
+
+async def test_avatar_uploads_are_rate_limited(aiohttp_client, make_config, api_error):
+    """Decoding is costly: past the upload limit an account's avatars get 429, before
+    a byte of the body is decoded."""
+    client = await aiohttp_client(create_app(make_config(rate_limit_upload=RateSpec(2, 3600))))
+    token = await new_user_token(client)
+    image = encode(noise(32, 32), "PNG")
+    for _ in range(2):
+        assert (await put_avatar(client, token, image)).status == 200
+    resp = await put_avatar(client, token, image)
+    await api_error(resp, 429)
+    assert int(resp.headers["Retry-After"]) > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 
 from server.catalog.edits import TAGS_MAX, VideoEdit, normalise_tag, normalise_tags, parse_edit
@@ -355,3 +356,30 @@ async def test_a_change_in_one_instance_reaches_the_stream_of_another(instance, 
         return resp.status == 206
 
     await until(plays, 5, "the reader playing the public stream again")
+
+
+async def test_hidden_videos_have_no_public_socket_and_earn_no_views(client):
+    """The viewer socket and progress reports follow the video's visibility: a private
+    video has none for others, and a socket open when a video is hidden is closed."""
+    author, token = await new_user(client)
+    video = await upload_ready(client, token, fake_mp4(4000))
+    path = f"/videos/{video['id']}/active-viewers"
+    ws = await client.ws_connect(path)
+    await ws.receive_json()
+    resp = await client.post(f"/videos/{video['id']}/views",
+                             json={"position": 1, "playing": True, "session": "s" * 16})
+    assert resp.status == 204, await resp.text()
+
+    assert (await edit(client, video["id"], token, {"visibility": "private"})).status == 200
+    message = await ws.receive()
+    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 4404
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(path)
+    assert info.value.status == 404
+    resp = await client.post(f"/videos/{video['id']}/views",
+                             json={"position": 2, "playing": True, "session": "s" * 16})
+    assert resp.status == 404
+    # Its author, with a token on the upgrade, still has one.
+    own = await client.ws_connect(path, headers=bearer(token))
+    assert (await own.receive_json())["video_id"] == video["id"]
+    await own.close()

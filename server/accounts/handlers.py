@@ -10,11 +10,12 @@ from typing import Any
 import psycopg2
 from aiohttp import web
 
+from server.core.clients import hash_secret
 from server.core.db import fetch_one
 from server.core.errors import ApiError
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, REDIS_KEY
 from server.core.keyspace import Keyspace
-from server.core.ratelimit import RateLimiter
+from server.core.ratelimit import ActionThrottle, RateLimiter
 from server.core.validation import (
     check_password,
     invalid,
@@ -158,7 +159,10 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         app[HASHER_KEY] = hasher
         limiter = RateLimiter(app[REDIS_KEY], Keyspace(config.redis_prefix))
         app[THROTTLE_KEY] = AuthThrottle(limiter, config)
-        app[PROFILES_KEY] = Profiles(app[DB_KEY], config.storage_dir)
+        app[PROFILES_KEY] = Profiles(
+            app[DB_KEY], config.storage_dir,
+            ActionThrottle(limiter, hash_secret(config.jwt_secret), config.trusted_proxies),
+            config.rate_limit_upload)
         await standing.start()
         app[STANDING_KEY] = standing
         yield

@@ -52,7 +52,8 @@ MODERATOR_ACTIONS = frozenset({Action.MODERATION_READ, Action.VIDEO_REMOVE,
                                Action.USER_UNBAN})
 # Actions whose target is a user (or that user's content), so the target's role matters.
 ON_USERS = frozenset({Action.USER_BAN, Action.USER_UNBAN, Action.VIDEO_REMOVE,
-                      Action.VIDEO_RESTORE, Action.COMMENT_REMOVE, Action.COMMENT_RESTORE})
+                      Action.VIDEO_RESTORE, Action.COMMENT_REMOVE, Action.COMMENT_RESTORE,
+                      Action.REPORT_DISMISS})
 
 
 def allowed(role: Role, action: Action, *, owner: bool = False,

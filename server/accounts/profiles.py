@@ -17,9 +17,11 @@ from typing import Any
 
 from aiohttp import ClientError, web
 
+from server.core.config import RateSpec
 from server.core.db import Database, fetch_one, refused
 from server.core.errors import ApiError, Invalid, NotFound
 from server.core.ids import parse_id
+from server.core.ratelimit import ActionThrottle
 from server.core.storage import new_storage_key, storage_path, unlink
 from server.core.validation import clean_text, read_json_object, string_field
 
@@ -112,10 +114,18 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 class Profiles:
-    def __init__(self, db: Database, storage_dir: Path) -> None:
+    def __init__(self, db: Database, storage_dir: Path, throttle: ActionThrottle,
+                 avatar_limit: RateSpec) -> None:
         self._db = db
         self._storage_dir = storage_dir
         self._decoding = asyncio.Semaphore(DECODE_CONCURRENCY)
+        self._throttle = throttle
+        self._avatar_limit = avatar_limit
+
+    async def count_avatar_upload(self, request: web.Request, user_id: int) -> None:
+        """Decoding is the costly part of an avatar: uploads share the upload limit's
+        allowance, in a bucket of their own. RateLimited (429) past it."""
+        await self._throttle.hit(request, "avatar", user_id, self._avatar_limit)
 
     async def own(self, user_id: int) -> dict[str, Any]:
         row = await self._db.one("user_by_id", {"id": user_id})
@@ -242,6 +252,7 @@ async def edit_profile(request: web.Request) -> web.Response:
 @routes.put("/users/me/avatar", name="set_avatar")
 async def set_avatar(request: web.Request) -> web.Response:
     user_id = authenticated_user(request)
+    await request.app[PROFILES_KEY].count_avatar_upload(request, user_id)
     upload = await read_capped(request, MAX_BYTES)
     if not upload:
         raise Invalid("Send the image as the request body")

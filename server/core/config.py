@@ -131,6 +131,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
              "seconds before a processing job that failed for a transient reason is retried "
              "(four times that before its last try)"),
     Variable("LOG_LEVEL", "log_level", "logging level"),
+    Variable("LOG_FORMAT", "log_format",
+             "text, or json for one JSON object per line (access lines with a request id)"),
+    Variable("METRICS_TOKEN", "metrics_token",
+             "bearer token GET /metrics requires; with it, /metrics answers on PORT", "none"),
+    Variable("METRICS_PORT", "metrics_port",
+             "serve /metrics on this port only, not on PORT (a worker serves its own here)",
+             "none; with no METRICS_TOKEN either, /metrics answers 404"),
     Variable("ACCESS_LOG", "access_log", "0 turns the access log off", "1"),
 )
 _DECLARED = frozenset(variable.name for variable in ENVIRONMENT)
@@ -162,7 +169,10 @@ class Config:
     presence_ttl: float = 45.0
     heartbeat: float = 20.0
     log_level: str = "INFO"
+    log_format: str = "text"
     access_log: bool = True
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
     db_pool_size: int = 10
     db_timeout: float = 5.0
     bcrypt_concurrency: int = 2
@@ -232,6 +242,9 @@ class Config:
             presence_ttl=_float(env, "PRESENCE_TTL", base.presence_ttl, low=1),
             heartbeat=_float(env, "HEARTBEAT", base.heartbeat, low=0.5),
             log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS).upper(),
+            log_format=_choice(env, "LOG_FORMAT", base.log_format, LOG_FORMATS),
+            metrics_token=_metrics_token(env.get("METRICS_TOKEN", "")),
+            metrics_port=_int(env, "METRICS_PORT", 0, low=1, high=65535) or None,
             access_log=env.get("ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no"},
             db_pool_size=_int(env, "DB_POOL_SIZE", base.db_pool_size, low=1, high=1000),
             db_timeout=_float(env, "DB_TIMEOUT", base.db_timeout, low=0.1),
@@ -313,6 +326,17 @@ def _float(env: Mapping[str, str], name: str, default: float, *, low: float) -> 
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+def _metrics_token(raw: str) -> str | None:
+    token = raw.strip()
+    if not token:
+        return None
+    if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError("METRICS_TOKEN must be at least 16 printable ASCII characters, "
+                          "no spaces")
+    return token
 
 
 def _choice(env: Mapping[str, str], name: str, default: str,

@@ -20,6 +20,7 @@ from server.core.cache import LRU, SingleFlight
 from server.core.db import Database
 from server.core.storage import storage_path
 
+from .counts import StreamCounts
 from .ranges import Validators, format_http_date
 from .sendfile import HttpDate, header_fields
 
@@ -112,6 +113,7 @@ class VideoFileCache:
         self._misses: dict[int, float] = {}
         self._files: LRU[int, OpenFile] = LRU(open_files)
         self.date = HttpDate()
+        self.counts = StreamCounts()
         # Bumped by every change: a load that began before one must not cache
         # what it read, which the change may already have made stale.
         self.generation = 0
@@ -258,9 +260,12 @@ class VideoFiles:
         self.cache.close()
 
     async def load(self, video_id: int) -> VideoFile | None:
-        cached = self.cache.get(video_id)
+        cache = self.cache
+        cached = cache.get(video_id)
         if cached is not False:
+            cache.counts.hits += 1
             return cached  # type: ignore[return-value]
+        cache.counts.misses += 1
         return await self._loads.run(video_id, lambda: self._read(video_id))
 
     async def _read(self, video_id: int) -> VideoFile | None:

@@ -17,11 +17,13 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiohttp import HttpVersion11, web
+from prometheus_client.metrics_core import Metric
 
 from server.catalog.records import VideoNotFound
 from server.core.errors import ApiError
 from server.core.ids import parse_video_id
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
+from server.core.metrics import METRICS_KEY
 
 from . import artifacts
 from .files import VideoFile, VideoFiles
@@ -108,6 +110,13 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
         await send_direct(request, sock, head, file.fd, first, last - first + 1, response)
     finally:
         file.release(transport)
+    # Plain integers on an object at hand: this path has no time for more (counts.py).
+    counts = cache.counts
+    counts.direct_bytes += response.file_bytes
+    if partial:
+        counts.single += 1
+    else:
+        counts.full += 1
     return response
 
 
@@ -120,8 +129,11 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
                          cond: Conditions) -> web.StreamResponse:
     """Every other request: conditionals, HEAD, range lists, HTTP/1.0, TLS."""
     headers = video.headers
+    cache = request.app[FILES_KEY].cache
+    counts = cache.counts
     decision = evaluate_preconditions(request.method, cond, video.validators)
     if decision is Precondition.NOT_MODIFIED:
+        counts.not_modified += 1
         return web.Response(status=304, headers=headers)
     if decision is Precondition.PRECONDITION_FAILED:
         raise ApiError(412, "precondition_failed", "A precondition did not hold",
@@ -133,27 +145,32 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
     else:
         plan = plan_ranges(None, video.size)
     if plan.outcome is RangeOutcome.UNSATISFIABLE:
+        counts.unsatisfiable += 1
         raise ApiError(416, "range_not_satisfiable",
                        "None of the requested ranges can be satisfied",
                        {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
 
     transport = request.transport
-    file = request.app[FILES_KEY].cache.open_present(video_id, video, transport)
+    file = cache.open_present(video_id, video, transport)
     if file is None:
         raise VideoNotFound()
+    response: FileBodyResponse | None = None
     try:
         if plan.outcome is RangeOutcome.FULL:
+            counts.full += 1
             response = FileBodyResponse(status=200, headers={
                 **headers, "Content-Type": video.content_type,
                 "Content-Length": str(video.size)})
             await send(request, response, file.fd, [ByteRange(0, video.size - 1)])
         elif len(plan.ranges) == 1:
+            counts.single += 1
             only = plan.ranges[0]
             response = FileBodyResponse(status=206, headers={
                 **headers, "Content-Range": only.content_range(video.size),
                 "Content-Type": video.content_type, "Content-Length": str(only.length)})
             await send(request, response, file.fd, [only])
         else:
+            counts.multi += 1
             layout = multipart_layout(plan.ranges, video.size, video.content_type,
                                       secrets.token_hex(12))
             response = FileBodyResponse(status=206, headers={
@@ -166,6 +183,8 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
             await send(request, response, file.fd, body)
     finally:
         file.release(transport)
+        if response is not None:
+            counts.general_bytes += response.file_bytes
     return response
 
 
@@ -225,6 +244,12 @@ async def files_ctx(app: web.Application) -> AsyncIterator[None]:
                        min(config.stream_cache_seconds, config.stream_url_ttl))
     app[FILES_KEY] = files
     app[CHANGES_KEY].subscribe(files.changed)
+    counts = files.cache.counts
+
+    async def stream_metrics() -> list[Metric]:
+        return counts.families()
+
+    app[METRICS_KEY].add("stream", stream_metrics)
     try:
         yield
     finally:

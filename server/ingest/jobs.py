@@ -10,6 +10,9 @@ no video is ever processing without a job. `python -m server worker` runs
 - a reconciler: a video processing with no job queued or running gets one;
 - a sweep of job directories that killed workers left behind.
 
+With METRICS_PORT set, the worker serves its own /metrics there: how long its jobs
+took (`JobStats`). The queue's depth is on the server's /metrics.
+
 Failures: bad input (MediaError) fails the video at once with its reason. Any
 other error (PostgreSQL, the disk, a worker killed mid-job) is retried, up to
 ATTEMPTS runs in all, waiting PROCESSING_RETRY_WAIT seconds and then four times
@@ -21,7 +24,10 @@ times (its earlier runs all ended with their worker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiopg
@@ -31,12 +37,14 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from server.core.changes import ChangeFeed
 from server.core.config import Config
 from server.core.db import Database, Queries
 from server.core.errors import first_line
 from server.core.loops import run_every, stop
+from server.core.metrics import JOB_BUCKETS, Histogram, Metrics, add_histogram, serve_port
 
 from .probe import MediaError
 from .processing import FAILED_REPEATEDLY, Processor, sweep_work_dirs
@@ -87,7 +95,26 @@ async def run_job(processor: Processor, video_id: int, attempts: int) -> None:
         raise
 
 
-def create_job_app(config: Config, concurrency: int = 1) -> procrastinate.App:
+class JobStats:
+    """How long this worker's runs of the processing task took, by how they ended."""
+
+    __slots__ = ("ok", "error")
+
+    def __init__(self) -> None:
+        self.ok = Histogram(JOB_BUCKETS)  # the video is settled: ready, or failed for good
+        self.error = Histogram(JOB_BUCKETS)  # raised: retried later, or the last try
+
+    async def families(self) -> list[Metric]:
+        family = HistogramMetricFamily("tubelet_job_duration_seconds",
+                                       "Runs of a background job by task and outcome",
+                                       labels=["task", "outcome"])
+        add_histogram(family, [TASK, "ok"], self.ok)
+        add_histogram(family, [TASK, "error"], self.error)
+        return [family]
+
+
+def create_job_app(config: Config, concurrency: int = 1,
+                   stats: JobStats | None = None) -> procrastinate.App:
     """The procrastinate app, with its own small psycopg pool (ours is aiopg's)."""
     connector = procrastinate.PsycopgConnector(
         conninfo=config.database_url, min_size=1,
@@ -99,7 +126,15 @@ def create_job_app(config: Config, concurrency: int = 1) -> procrastinate.App:
               retry=TransientRetry(ATTEMPTS, config.processing_retry_wait))
     async def process_video(context: JobContext, video_id: int) -> None:
         processor: Processor = context.additional_context["processor"]
-        await run_job(processor, video_id, context.job.attempts)
+        started = time.monotonic()
+        try:
+            await run_job(processor, video_id, context.job.attempts)
+        except Exception:
+            if stats is not None:
+                stats.error.observe(time.monotonic() - started)
+            raise
+        if stats is not None:
+            stats.ok.observe(time.monotonic() - started)
 
     return app
 
@@ -177,8 +212,9 @@ async def work(config: Config, *, concurrency: int | None = None, wait: bool = T
         db = Database(pool, Queries.load())
         # Changes are only recorded here; a worker caches nothing to learn of them.
         processor = Processor(db, ChangeFeed(config.database_url, db.queries), config)
-        app = create_job_app(config, jobs)
-        async with app.open_async():
+        stats = JobStats()
+        app = create_job_app(config, jobs, stats)
+        async with app.open_async(), metrics_port(config, stats):
             upkeep = Upkeep(app, db, config.worker_stalled_after)
             background = [
                 run_every(max(config.worker_stalled_after / 2, 0.5), upkeep.run,
@@ -195,6 +231,25 @@ async def work(config: Config, *, concurrency: int | None = None, wait: bool = T
     finally:
         pool.close()
         await pool.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def metrics_port(config: Config, stats: JobStats) -> AsyncIterator[None]:
+    """The worker's /metrics on METRICS_PORT, when set. A port already taken (a
+    server on the same machine with the same settings) costs the metrics, not the work."""
+    if config.metrics_port is None:
+        yield
+        return
+    metrics = Metrics(config.metrics_token, on_main_port=False)
+    metrics.add("jobs", stats.families)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(serve_port(metrics, config.host,
+                                                       config.metrics_port))
+        except OSError as exc:
+            log.warning("worker metrics not served: cannot listen on %s:%d: %s", config.host,
+                        config.metrics_port, exc.strerror or exc)
+        yield
 
 
 async def _run_worker(app: procrastinate.App, options: dict[str, Any]) -> None:

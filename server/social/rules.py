@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from server.catalog.edits import normalise_tag as stored_tag
@@ -112,7 +112,11 @@ def decode_cursor(raw: str | None, *shape: type) -> tuple[Any, ...] | None:
                 raise bad from None
             if moment.tzinfo is None:
                 raise bad
-            out.append(moment)
+            try:
+                # PostgreSQL takes offsets up to 15:59 only; UTC is what cursors hold.
+                out.append(moment.astimezone(UTC))
+            except OverflowError:
+                raise bad from None
         else:
             raise bad
     return tuple(out)

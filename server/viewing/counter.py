@@ -78,6 +78,9 @@ class ViewCounter:
         self._slots = asyncio.Semaphore(REDIS_CONCURRENCY)
         # Views the flush at shutdown wrote; None until it ran, or if it failed.
         self.flushed_at_stop: int | None = None
+        # Since start: views this process counted, and views its flushes wrote.
+        self.counted = 0
+        self.flushed = 0
 
     @property
     def pending_key(self) -> str:
@@ -104,7 +107,10 @@ class ViewCounter:
             return "bot"
         key = self.key("watch", video_id, watcher.viewer, session)
         async with self._slots:
-            return await self._record(key, video_id, duration, watcher, report)
+            outcome = await self._record(key, video_id, duration, watcher, report)
+        if outcome == "counted":
+            self.counted += 1
+        return outcome
 
     async def _record(self, key: str, video_id: int, duration: float | None,
                       watcher: Watcher, report: Report) -> str:
@@ -202,7 +208,13 @@ class ViewCounter:
         sealed = await self.seal()
         if sealed is not None:
             applied += await self._apply(sealed)
+        self.flushed += applied
         return applied
+
+    async def pending(self) -> int:
+        """Views counted by every process and not yet batched for PostgreSQL."""
+        values: list[bytes | str] = await self.client.hvals(self.pending_key)
+        return sum(int(value) for value in values)
 
     async def seal(self) -> str | None:
         """Move the pending views into a new in-flight batch; its uuid, or None."""

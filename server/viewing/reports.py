@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -18,10 +19,12 @@ from server.core.ids import parse_video_id
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, REDIS_KEY, VIEW_TOTALS_KEY
 from server.core.keyspace import Keyspace
 from server.core.loops import run_every, stop
+from server.core.metrics import METRICS_KEY
 from server.core.validation import read_json_object
 
 from .counter import VIEWS_KEY, ViewCounter
 from .identity import check_origin, identify
+from .metrics import view_families
 from .watch_rules import ReportError, parse_report, parse_session
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ async def views_ctx(app: web.Application) -> AsyncIterator[None]:
     app[VIEWS_KEY] = counter
     app[VIEW_TOTALS_KEY] = counter
     app[CHANGES_KEY].subscribe(counter.changed)
+    app[METRICS_KEY].add("views", partial(view_families, counter))
     task = run_every(config.view_flush_interval, flush_rounds(counter), "view flush")
     try:
         yield

@@ -233,9 +233,15 @@ async def upload_page(request: web.Request) -> web.Response:
                   {"max_upload_bytes": request.app[CONFIG_KEY].max_upload_bytes})
 
 
+@routes.get("/docs", name="page_docs")
+async def docs_page(request: web.Request) -> web.Response:
+    """The API reference: Swagger UI (static/vendor) renders /openapi.json in the browser."""
+    return render(request, "docs.html", {})
+
+
 PAGE_ROUTES = frozenset({"page_home", "page_watch", "page_login", "page_register",
                          "page_upload", "page_channel", "page_my_videos", "page_settings",
-                         "page_moderation", "page_results"})
+                         "page_moderation", "page_results", "page_docs"})
 
 
 def presented(row: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,17 @@ SELECT id, email, role FROM users WHERE lower(email) = lower(%(email)s) FOR NO K
 -- name: moderation_lock_report
 SELECT id, target_type, target_id, status FROM reports WHERE id = %(id)s FOR NO KEY UPDATE;
 
+-- name: moderation_report_owner
+-- Who a report is about, and their role: the author of a reported video or comment,
+-- or the reported user. No row when the target is gone.
+SELECT u.id AS id, u.role AS owner_role
+FROM users u
+WHERE u.id = CASE %(target_type)s
+    WHEN 'user' THEN %(target_id)s
+    WHEN 'video' THEN (SELECT author_id FROM videos WHERE id = %(target_id)s)
+    WHEN 'comment' THEN (SELECT author_id FROM comments WHERE id = %(target_id)s)
+END;
+
 -- name: moderation_resolve_reports
 -- Closes every open report on one target, as 'actioned' or 'dismissed'.
 UPDATE reports SET status = %(status)s, resolved_at = now(), resolved_by = %(actor_id)s

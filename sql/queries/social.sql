@@ -163,10 +163,12 @@ WHERE id = %(channel_id)s
 RETURNING subscriber_count;
 
 -- name: social_subscriptions
--- The channels a user follows, most recently followed first.
+-- The channels a user follows, most recently followed first; a banned channel is
+-- left out while the ban lasts, as its profile is.
 SELECT u.id, u.name, u.avatar_key, u.subscriber_count, s.created_at AS subscribed_at
 FROM subscriptions s JOIN users u ON u.id = s.channel_id
 WHERE s.subscriber_id = %(user_id)s
+  AND (u.banned_until IS NULL OR u.banned_until <= now())
   AND (%(before_at)s::timestamptz IS NULL
        OR (s.created_at, s.channel_id) < (%(before_at)s::timestamptz, %(before_id)s::bigint))
 ORDER BY s.created_at DESC, s.channel_id DESC

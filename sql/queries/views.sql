@@ -30,7 +30,11 @@ FROM videos v
 WHERE v.id = ANY(%(ids)s::bigint[]);
 
 -- name: video_duration
-SELECT duration FROM videos WHERE id = %(id)s;
+-- Views count for videos anyone may watch: not private, removed, or by a banned author.
+SELECT v.duration
+FROM videos v JOIN users u ON u.id = v.author_id
+WHERE v.id = %(id)s AND v.visibility <> 'private' AND v.removed_at IS NULL
+  AND (u.banned_until IS NULL OR u.banned_until <= now());
 
 -- name: prune_view_batches
 -- A batch is deleted from Redis right after it is applied, so a row this old

@@ -24,16 +24,19 @@ handshake, only a close code).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
 from server.accounts.standing import STANDING_KEY
 from server.catalog.handlers import CATALOG_KEY
-from server.catalog.records import Catalog, VideoNotFound
+from server.catalog.records import Catalog, VideoNotFound, hidden
 from server.core.keys import BUS_KEY, CHANGES_KEY, CONFIG_KEY, LIVE_COUNTS_KEY, REDIS_KEY
 from server.core.keyspace import Keyspace
+from server.core.metrics import METRICS_KEY
 
 from ..counter import VIEWS_CHANGED, VIEWS_KEY
+from ..metrics import socket_families
 from .broadcaster import TICK, Broadcaster
 from .deletions import VideoExists
 from .hub import PresenceHub
@@ -47,11 +50,13 @@ __all__ = ["BANNED", "DELETED", "PRESENCE_KEY", "TICK", "TOO_MANY", "Connection"
 
 def video_exists(catalog: Catalog) -> VideoExists:
     async def exists(video_id: int) -> bool:
+        """Whether the video may still be watched by anyone: not deleted, nor made
+        private, removed, or hidden with its banned author."""
         try:
-            await catalog.get(str(video_id))
+            row = await catalog.get(str(video_id))
         except VideoNotFound:
             return False
-        return True
+        return not hidden(row)
 
     return exists
 
@@ -70,6 +75,7 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     bus.on(bus.key(VIEWS_CHANGED), hub.on_views_changed)
     app[CHANGES_KEY].subscribe(hub.deletions.changed)
     standing.on_banned(hub.bans.banned)
+    app[METRICS_KEY].add("viewer sockets", partial(socket_families, hub))
     hub.start()
     try:
         yield

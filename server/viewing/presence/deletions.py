@@ -1,7 +1,9 @@
-"""Closing the sockets of deleted videos, in every process (close code 4404).
+"""Closing the sockets of videos gone from view, in every process (close code 4404).
 
-Every process hears of every video change through the change feed. A changed
-video with sockets here is looked up in the catalog; if it is gone its sockets
+A video is gone when it is deleted, made private, removed by a moderator, or
+hidden with its banned author. Every process hears of every video change through
+the change feed. A changed video with sockets here is looked up in the catalog;
+if it is gone its sockets
 are closed, and so is any socket that finishes joining it afterwards. A lookup
 that fails (PostgreSQL away) is retried every CHECK_INTERVAL.
 """

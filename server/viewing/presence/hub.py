@@ -60,6 +60,8 @@ class PresenceHub:
         self.deletions = DeletedVideos(self.rooms, video_exists)
         self.bans = BannedViewers(self.rooms, is_banned)
         self.closing = False
+        # Viewer sockets open now (upgraded, not yet closed).
+        self.sockets = 0
         self._steps: set[asyncio.Future[Any]] = set()
         # Removals of a (video, viewer) member in flight; a re-add waits for them.
         self._removing: dict[tuple[int, str], asyncio.Future[Any]] = {}

@@ -35,7 +35,9 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG_KEY]
     check_origin(request)
-    row = await app[CATALOG_KEY].get(request.match_info["id"])
+    user_id = optional_user(request)
+    # A private or removed video, or one by a banned author, has no public socket.
+    row = await app[CATALOG_KEY].shown(request.match_info["id"], user_id)
     # Only these live as long as the socket; the row (with its description) does not.
     video_id, duration, stored_views = row["id"], row["duration"], row["views"]
     del row
@@ -48,11 +50,11 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     if hub.closing:
         raise Unavailable("The server is shutting down")
     app[VIEWS_KEY].remember_duration(video_id, duration)
-    user_id = optional_user(request)
     watcher = identify(request, user_id)
     await ws.prepare(request)
     conn = Connection(video_id, ws, request.transport, viewer=watcher.viewer,
                       address=watcher.ip, user_id=user_id)
+    hub.sockets += 1
     try:
         if await hub.join(conn, stored_views):
             await _receive(request, hub, conn, watcher, duration)
@@ -66,6 +68,7 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
         log.exception("viewer socket failed")
         await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"Internal error")
     finally:
+        hub.sockets -= 1
         await hub.leave(conn)
     return ws
 
