@@ -375,3 +375,20 @@ async def test_comment_limit_is_shared_by_two_instances(aiohttp_client, make_con
         resp = await app.post(url, json={"body": "one more"}, headers=alice.auth)
         await api_error(resp, 429, "rate_limited")
         assert int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_comment_edits_are_rate_limited(aiohttp_client, make_config, api_error):
+    client = await roomy_client(aiohttp_client, make_config,
+                                rate_limit_comment=RateSpec(2, 60))
+    alice = await member(client)
+    video = await ready_video(client, alice)
+    resp = await client.post(f"/videos/{video['id']}/comments", json={"body": "first"},
+                             headers=alice.auth)
+    comment = await resp.json()
+    for text in ("second", "third"):
+        resp = await client.patch(f"/comments/{comment['id']}", json={"body": text},
+                                  headers=alice.auth)
+        assert resp.status == 200, await resp.text()
+    resp = await client.patch(f"/comments/{comment['id']}", json={"body": "fourth"},
+                              headers=alice.auth)
+    await api_error(resp, 429, "rate_limited")

@@ -434,7 +434,7 @@ def accounts_paths() -> dict[str, Schema]:
         },
         "/users/me/avatar": {"put": op(
             "set_avatar", "accounts", "Set the avatar",
-            {200: ok("User")}, (400, 413, 415, 422), auth="required",
+            {200: ok("User")}, (400, 413, 415, 422, 429), auth="required",
             description="The body is the image itself (JPEG, PNG, GIF or WebP, at most "
                         "5 MiB); it is re-encoded as a square JPEG.")
             | {"requestBody": {"required": True, "content": {
@@ -632,7 +632,7 @@ def social_paths() -> dict[str, Schema]:
             params=(comment, LIMIT, CURSOR))},
         "/comments/{id}": {
             "patch": op("edit_comment", "social", "Edit one's comment", {200: ok("Comment")},
-                        (404,), auth="required", body="CommentEdit", params=(comment,)),
+                        (404, 429), auth="required", body="CommentEdit", params=(comment,)),
             "delete": op("delete_comment", "social", "Delete one's comment", {204: NO_CONTENT},
                          (404,), auth="required", params=(comment,),
                          description="One with replies stays as a placeholder."),

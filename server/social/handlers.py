@@ -118,6 +118,9 @@ async def edit_comment(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     text = clean_comment(string_field(body, "body", max_len=comments.max_length * 4),
                          comments.max_length)
+    # Edits have a bucket of their own, with the allowance of new comments.
+    await _throttle(request, "comment-edit", user_id,
+                    request.app[CONFIG_KEY].rate_limit_comment)
     row = await comments.edit(_path_id(request), user_id, text)
     return web.json_response(comment_json(row, user_id))
 
