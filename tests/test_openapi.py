@@ -34,7 +34,7 @@ from .conftest import login, query, register, upload_ready
 from .media_clips import h264_mp4  # noqa: F401
 
 # Routes the document leaves out on purpose: HTML pages, static files, the viewer WebSocket.
-NOT_JSON = PAGE_ROUTES | {"page_docs", "static", "active_viewers"}
+NOT_JSON = PAGE_ROUTES | {"page_docs", "static", "favicon", "active_viewers"}
 # Operations the tour does not call: uploads (tests/test_tus.py, tests/test_videos.py and
 # tests/test_profiles.py drive them) and what needs a processed video or a metrics token.
 NOT_TOURED = {

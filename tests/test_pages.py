@@ -278,3 +278,13 @@ async def test_home_shows_who_is_watching_now(client):
             break
         await asyncio.sleep(0.05)
     assert "watching now" not in text
+
+
+async def test_the_icon_is_served_with_the_static_files(client):
+    resp = await client.get("/")
+    html = await resp.text()
+    [href] = re.findall(r'rel="icon" href="([^"]+)"', html)
+    resp = await client.get(href)
+    assert resp.status == 200 and resp.content_type == "image/svg+xml"
+    assert (await resp.read()).startswith(b"<svg")
+    assert "max-age" in resp.headers["Cache-Control"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -332,6 +333,14 @@ async def _cache_static(request: web.Request, response: web.StreamResponse) -> N
         response.headers["Cache-Control"] = STATIC_CACHE
 
 
+def _in_memory(body: bytes, content_type: str) -> Callable[
+        [web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type=content_type)
+
+    return serve
+
+
 def setup(app: web.Application) -> None:
     _jinja_env(app)
     prefix = f"/static/{static_version(STATIC_DIR)}"
@@ -339,4 +348,9 @@ def setup(app: web.Application) -> None:
     app[HTML_ERRORS_KEY] = html_error
     app.on_response_prepare.append(_cache_static)
     app.add_routes(routes)
+    # The icon is served from memory: a browser asks for it last, often still asking as a
+    # server stops, and aiohttp's file response leaks its open file when cancelled then.
+    app.router.add_get(f"{prefix}/favicon.svg",
+                       _in_memory((STATIC_DIR / "favicon.svg").read_bytes(), "image/svg+xml"),
+                       name="favicon")
     app.router.add_static(prefix, STATIC_DIR, name="static")
