@@ -16,6 +16,7 @@ from typing import Any
 
 from server.catalog.edits import normalise_tag as stored_tag
 from server.core.errors import ApiError, Invalid
+from server.core.validation import string_field
 
 # Top-level comments carry this many of their replies, oldest first.
 REPLY_PREVIEW = 3
@@ -140,17 +141,10 @@ class TagSearch:
 
 
 def check_query_text(raw: str | None, name: str = "q") -> str:
-    if raw is None or not raw.strip():
+    value = string_field({name: raw}, name, max_len=SEARCH_MAX_LENGTH).strip()
+    if not value:
         raise Invalid(f"'{name}' is required")
-    if len(raw) > SEARCH_MAX_LENGTH:
-        raise Invalid(f"'{name}' must be at most {SEARCH_MAX_LENGTH} characters")
-    if "\x00" in raw:
-        raise Invalid(f"'{name}' must not contain NUL characters")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid(f"'{name}' must be valid Unicode text") from None
-    return raw.strip()
+    return value
 
 
 def parse_search(raw: str | None) -> TextSearch | TagSearch:
