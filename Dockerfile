@@ -25,9 +25,17 @@ COPY sql ./sql
 COPY templates ./templates
 COPY static ./static
 # Editable: the package keeps reading sql/, templates/ and static/ from /app.
+# This brings the S3 client (aiobotocore) too; the base image has the CA
+# certificates for an https endpoint.
 RUN pip install -e .
 
-RUN mkdir -p /data/storage && chown -R tubelet:tubelet /data
+# /data/storage: the media with file:// storage; with S3 storage only this node's
+# scratch space (uploads in progress, processing work files). /data/cache: the
+# read-through cache of media fetched from the bucket (CACHE_DIR). Both belong to
+# the app user, so a volume mounted on either starts out writable for it. The cache
+# is disposable and left without a VOLUME: mount one where it should outlive the
+# container (deploy/compose.scaled.yml does, per replica).
+RUN mkdir -p /data/storage /data/cache && chown -R tubelet:tubelet /data
 USER tubelet
 VOLUME ["/data/storage"]
 EXPOSE 8080

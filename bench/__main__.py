@@ -2,9 +2,11 @@
 
 Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler and nginx
 with wrk, one server process each; row m is row a against a second server with metrics on;
-row d opens thousands of live-viewer WebSockets; row e watches memory while multi-GB files
-go in and out; row p times the processing worker on a 1080p clip; row f counts the
-requests Chromium makes before a ready video's first frame. The table is printed and saved as JSON.
+rows k and w load the stream with media in an S3 bucket (k: every range forwarded from the
+bucket; w: the node's cache warm) against the bucket serving a presigned URL; row d opens
+thousands of live-viewer WebSockets; row e watches memory while multi-GB files go in and
+out; row p times the processing worker on a 1080p clip; row f counts the requests Chromium
+makes before a ready video's first frame. The table is printed and saved as JSON.
 """
 
 from __future__ import annotations
@@ -17,16 +19,14 @@ import os
 import statistics
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from . import check, procs, tubelet, wrk
+from . import bucket, check, procs, tubelet, wrk
 from .fileresponse_peer import __name__ as PEER_MODULE
+from .loads import HttpRow, Target, load, median_run, value_of
 from .machine import describe, machine_info
 from .nginx_peer import argv as nginx_argv
 from .nginx_peer import nginx_binary, write_config
@@ -34,7 +34,7 @@ from .report import Row, ratio, save, table
 from .workspace import Workspace, make_media, sha256_of
 
 HERE = Path(__file__).resolve().parent
-ALL_ROWS = ("a", "b", "c", "m", "s", "d", "e", "p", "f")
+ALL_ROWS = ("a", "b", "c", "m", "s", "k", "w", "d", "e", "p", "f")
 # The rows measured against the main server and its 64 MiB file.
 SERVING_ROWS = {"a", "b", "c", "m", "s", "d", "e"}
 # Any token turns metrics on; row m's server is never scraped.
@@ -43,38 +43,25 @@ MiB = 2**20
 GiB = 2**30
 
 
-@dataclass(frozen=True)
-class HttpRow:
-    key: str
-    what: str
-    unit: str
-    length: int  # bytes per range; 0 for whole-file GETs
-    connections: int
-    target_ratio: float
-
-
-@dataclass
-class Target:
-    name: str  # "tubelet", "fileresponse", "nginx"
-    url: str
-    pid: int
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: short loads, small N, small large file")
     parser.add_argument("--rows", default=",".join(ALL_ROWS),
                         help="which rows to run: a b c (HTTP), m (row a with metrics on), "
-                             "s (WORKERS scaling), "
+                             "s (WORKERS scaling), k and w (S3: cold and warm node cache, "
+                             "against the bucket; need STORAGE_URL=s3://..., as make bench "
+                             "sets), "
                              "d (presence), e (multi-GB memory), p (processing speed), "
                              "f (requests before the first frame); default all")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 6)")
     parser.add_argument("--warmup", type=float, help="unrecorded seconds before each run")
     parser.add_argument("--rounds", type=int,
                         help="runs of every target per row, back to back (default 5)")
-    parser.add_argument("--connections", type=int, default=64, help="row a connections")
-    parser.add_argument("--range-connections", type=int, default=8, help="row b connections")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="row a (and w-1k) connections")
+    parser.add_argument("--range-connections", type=int, default=8,
+                        help="row b, k and w connections (w's 1 KiB variant uses --connections)")
     parser.add_argument("--whole-connections", type=int, default=4, help="row c connections")
     parser.add_argument("--file-mib", type=int, default=64, help="size of the served file")
     parser.add_argument("--workers", type=int, default=2, help="WORKERS for the scaling row")
@@ -125,14 +112,6 @@ def cpu_plan(no_pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
                                   f"wrk (1 thread) pinned to CPU {cpus[1]}")
 
 
-@contextlib.contextmanager
-def running(proc_name: str, proc: Any) -> Iterator[Any]:
-    try:
-        yield proc
-    finally:
-        procs.stop(proc)
-
-
 def start_fileresponse(ws: Workspace, file: Path, cpus: set[int] | None,
                        page: bool = False) -> Any:
     port = procs.free_port()
@@ -170,23 +149,6 @@ def http_rows(args: argparse.Namespace) -> list[HttpRow]:
     return [row for row in rows if row.key in args.rows]
 
 
-def load(args: argparse.Namespace, target: Target, spec: HttpRow, size: int,
-         cpus: set[int] | None, threads: int = 1) -> wrk.WrkResult:
-    common = dict(size=size, length=spec.length, connections=spec.connections,
-                  server_pid=target.pid, cpus=cpus, threads=threads)
-    if args.warmup > 0:
-        wrk.run(target.url, duration=args.warmup, **common)  # type: ignore[arg-type]
-    result = wrk.run(target.url, duration=args.duration, **common)  # type: ignore[arg-type]
-    wrk.settle()
-    return result
-
-
-def value_of(spec: HttpRow, result: wrk.WrkResult | None) -> float | None:
-    if result is None:
-        return None
-    return result.rps if spec.unit == "req/s" else result.mib_per_s
-
-
 def run_http(args: argparse.Namespace, targets: list[Target], size: int,
              load_cpus: set[int] | None, log: Any) -> list[Row]:
     """Each row: every target in turn, `rounds` times over.
@@ -205,7 +167,7 @@ def run_http(args: argparse.Namespace, targets: list[Target], size: int,
                 log(f"  {spec.key}) {spec.what}, round {n + 1}/{args.rounds}, {target.name}: "
                     f"{value_of(spec, res):,.0f} {spec.unit}, p99 {res.p99_ms:.1f} ms, "
                     f"errors {res.failed}, server CPU {res.server_cpu_seconds:.1f}s")
-        median = {name: _median(spec, runs) for name, runs in results.items()}
+        median = {name: median_run(spec, runs) for name, runs in results.items()}
         ours = value_of(spec, median.get("tubelet"))
         theirs = value_of(spec, median.get("fileresponse"))
         per_round = [ratio(value_of(spec, a), value_of(spec, b)) for a, b in
@@ -226,11 +188,6 @@ def run_http(args: argparse.Namespace, targets: list[Target], size: int,
     return rows
 
 
-def _median(spec: HttpRow, runs: list[wrk.WrkResult]) -> wrk.WrkResult:
-    ordered = sorted(runs, key=lambda res: value_of(spec, res) or 0.0)
-    return ordered[len(ordered) // 2]
-
-
 def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: int,
                 size: int, log: Any) -> Row:
     """Row a again, unpinned, WORKERS=1 and WORKERS=N sharing the port, in alternate rounds."""
@@ -241,14 +198,14 @@ def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: 
     server = tubelet.start(ws, "main", workers=args.workers)
     singles: list[wrk.WrkResult] = []
     manies: list[wrk.WrkResult] = []
-    with running("tubelet-workers", server.proc):
+    with procs.running(server.proc):
         many_target = Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)
         for n in range(args.rounds):
             singles.append(load(args, one, spec, size, None, threads=2))
             manies.append(load(args, many_target, spec, size, None, threads=2))
             log(f"  s) round {n + 1}/{args.rounds}: WORKERS=1 {singles[-1].rps:,.0f} req/s, "
                 f"WORKERS={args.workers} {manies[-1].rps:,.0f} req/s")
-    single, many = _median(spec, singles), _median(spec, manies)
+    single, many = median_run(spec, singles), median_run(spec, manies)
     r = statistics.median(b.rps / a.rps for a, b in zip(singles, manies, strict=True))
     return Row(
         key="s", what=f"row a, WORKERS={args.workers} vs 1, unpinned", unit="req/s",
@@ -275,7 +232,7 @@ def run_metrics_cost(args: argparse.Namespace, ws: Workspace, plain: Target, vid
                            extra_env={"METRICS_TOKEN": BENCH_METRICS_TOKEN})
     offs: list[wrk.WrkResult] = []
     ons: list[wrk.WrkResult] = []
-    with running("tubelet-metrics", server.proc):
+    with procs.running(server.proc):
         metered = Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)
         for n in range(args.rounds):
             offs.append(load(args, plain, spec, size, load_cpus))
@@ -283,7 +240,7 @@ def run_metrics_cost(args: argparse.Namespace, ws: Workspace, plain: Target, vid
             log(f"  m) round {n + 1}/{args.rounds}: metrics off {offs[-1].rps:,.0f} req/s "
                 f"({_cpu_us(offs[-1]):.1f} us CPU/req), on {ons[-1].rps:,.0f} req/s "
                 f"({_cpu_us(ons[-1]):.1f} us CPU/req)")
-    off, on = _median(spec, offs), _median(spec, ons)
+    off, on = median_run(spec, offs), median_run(spec, ons)
     r = statistics.median(b.rps / a.rps for a, b in zip(offs, ons, strict=True))
     cpu_off = statistics.median(_cpu_us(x) for x in offs)
     cpu_on = statistics.median(_cpu_us(x) for x in ons)
@@ -306,17 +263,6 @@ def _cpu_us(result: wrk.WrkResult) -> float:
     return result.server_cpu_seconds / max(result.requests, 1) * 1e6
 
 
-async def _stream_discard(url: str) -> int:
-    total = 0
-    timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"GET {url} answered {resp.status}")
-        async for chunk in resp.content.iter_chunked(MiB):
-            total += len(chunk)
-    return total
-
-
 def run_large(args: argparse.Namespace, server: tubelet.Server, token: str, log: Any) -> Row:
     """Row e: RSS while a multi-GB file is uploaded (generated, chunked) and downloaded."""
     size = int(args.large_gib * GiB)
@@ -334,10 +280,10 @@ def run_large(args: argparse.Namespace, server: tubelet.Server, token: str, log:
     tubelet.mark_ready(server, video_id)
     log(f"  e) downloading {size / GiB:g} GiB ...")
     with procs.RssSampler(server.pid) as down:
-        got = asyncio.run(_stream_discard(f"{server.base}/videos/{video_id}/stream"))
+        got = asyncio.run(tubelet.stream_discard(f"{server.base}/videos/{video_id}/stream"))
     if got != size:
         raise RuntimeError(f"row e: downloaded {got} bytes of {size}")
-    _delete(server.base, token, video_id)
+    tubelet.delete_video(server.base, token, video_id)
     growth = max(up.peak - up.before, down.peak - down.before)
     limit = 64 * MiB
     return Row(
@@ -351,13 +297,6 @@ def run_large(args: argparse.Namespace, server: tubelet.Server, token: str, log:
     )
 
 
-def _delete(base: str, token: str, video_id: int) -> None:
-    request = urllib.request.Request(f"{base}/videos/{video_id}", method="DELETE",
-                                     headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=60):
-        pass
-
-
 def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitStack,
                 missing: list[str], cpus: tuple[set[int] | None, set[int] | None],
                 notes: list[str], log: Any) -> list[Row]:
@@ -369,16 +308,10 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
     sha = make_media(media, size)
 
     server = tubelet.start(ws, "main", cpus=server_cpus)
-    stack.enter_context(running("tubelet", server.proc))
-
-    async def prepare() -> tuple[str, int]:
-        async with aiohttp.ClientSession() as session:
-            token = await tubelet.login(session, server.base)
-            return token, await tubelet.upload_file(session, server.base, token, media,
-                                                    "bench")
+    stack.enter_context(procs.running(server.proc))
 
     with procs.RssSampler(server.pid) as upload_rss:
-        token, video_id = asyncio.run(prepare())
+        token, video_id = tubelet.upload_as_new_user(server.base, media, "bench")
     tubelet.mark_ready(server, video_id)
     stored = tubelet.stored_file(server.storage)
     if sha256_of(stored) != sha:
@@ -390,11 +323,11 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
     http_wanted = bool({"a", "b", "c", "m", "s"} & args.rows) and "wrk" not in missing
     if http_wanted:
         proc, url = start_fileresponse(ws, stored, server_cpus)
-        stack.enter_context(running("fileresponse", proc))
+        stack.enter_context(procs.running(proc))
         targets.append(Target("fileresponse", url, proc.pid))
         if "nginx" not in missing:
             proc, url = start_nginx(ws, stored, server_cpus)
-            stack.enter_context(running("nginx", proc))
+            stack.enter_context(procs.running(proc))
             targets.append(Target("nginx", url, proc.pid))
         for target in targets:
             check.verify(target.url, stored, sha)
@@ -455,7 +388,7 @@ def run_media(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitSta
                 f"({video['size'] / MiB:.1f} MiB)")
         # The upload as it came, on a bare page of the FileResponse peer, for contrast.
         proc, url = start_fileresponse(ws, remuxed.clip.path, None, page=True)
-        stack.enter_context(running("fileresponse-original", proc))
+        stack.enter_context(procs.running(proc))
         rows.append(first_frame.run(args, site.server.base, remuxed.processed.video_id, what,
                                     url.removesuffix("/file"), log))
     return rows
@@ -487,8 +420,8 @@ def main(argv: list[str]) -> int:
     if missing:
         hint = ("apt-get install wrk nginx-light (make bench does it when run as root)")
         for name in missing:
-            note = f"{name} is not installed: its {'rows a-c' if name == 'wrk' else 'column'} " \
-                   f"cannot be measured; {hint}"
+            what = "rows a-c, k and w" if name == "wrk" else "column"
+            note = f"{name} is not installed: its {what} cannot be measured; {hint}"
             notes.append(note)
             log(f"NOTE: {note}")
     if not info["aiohttp_speedups"]["c_http_parser"]:
@@ -501,6 +434,8 @@ def main(argv: list[str]) -> int:
         log(f"workspace: {ws.root}")
         if SERVING_ROWS & args.rows:
             rows += run_serving(args, ws, stack, missing, (server_cpus, load_cpus), notes, log)
+        if bucket.BUCKET_ROWS & args.rows and "wrk" not in missing:
+            rows += bucket.run(args, ws, stack, (server_cpus, load_cpus), notes, log)
         if {"p", "f"} & args.rows:
             rows += run_media(args, ws, stack, notes, log)
 

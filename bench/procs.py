@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -42,6 +42,15 @@ def spawn(argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
         # Pinned right after the start: forked workers inherit the mask.
         pin(proc.pid, cpus)
     return proc
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """The block with proc running; stopped when it ends, however it ends."""
+    try:
+        yield proc
+    finally:
+        stop(proc)
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -83,6 +92,36 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def listener_pid(port: int) -> int | None:
+    """The process of this user that listens on 127.0.0.1:port (IPv4), if any.
+
+    For a server the bench did not start (the S3 service), so its CPU time can be
+    read like the others'.
+    """
+    inodes = set()
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in table:
+        fields = line.split()
+        # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            for fd in (proc_dir / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc_dir.name)
+        except OSError:
+            continue
+    return None
 
 
 def process_tree(pid: int) -> list[int]:

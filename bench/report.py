@@ -16,9 +16,13 @@ class Row:
     tubelet: float | None
     fileresponse: float | None = None
     nginx: float | None = None
+    # The S3 bucket serving the same object directly (rows k and w).
+    bucket: float | None = None
     target: str = ""
     passed: bool | None = None
-    ratio: float | None = None  # tubelet / FileResponse where that is the target's measure
+    # tubelet / FileResponse where that is the target's measure; tubelet / bucket in the
+    # rows that have a bucket figure.
+    ratio: float | None = None
     note: str = ""
     shown: str = ""  # the tubelet cell, when one number does not say it
     detail: dict[str, Any] = field(default_factory=dict)
@@ -41,16 +45,26 @@ def _num(value: float | None, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """A Markdown table: it reads in a terminal and pastes into the README as it is."""
-    header = ["row", "measure", "tubelet", "FileResponse", "nginx", "vs FileResponse",
-              "target", "result"]
+    """A Markdown table: it reads in a terminal and pastes into the README as it is.
+
+    The bucket's columns appear only when a row measured the bucket (rows k and w).
+    """
+    with_bucket = any(row.bucket is not None for row in rows)
+    header = ["row", "measure", "tubelet", "FileResponse", "nginx",
+              *(["bucket"] if with_bucket else []), "vs FileResponse",
+              *(["vs bucket"] if with_bucket else []), "target", "result"]
     lines = [header]
     for row in rows:
         verdict = "-" if row.passed is None else ("pass" if row.passed else "FAIL")
+        shown_ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
+        against_bucket = row.bucket is not None
         lines.append([
             row.key, f"{row.what} ({row.unit})", row.shown or _num(row.tubelet, row.unit),
             _num(row.fileresponse, row.unit), _num(row.nginx, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}x", row.target or "-", verdict,
+            *([_num(row.bucket, row.unit)] if with_bucket else []),
+            "-" if against_bucket else shown_ratio,
+            *([shown_ratio if against_bucket else "-"] if with_bucket else []),
+            row.target or "-", verdict,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []

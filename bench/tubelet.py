@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +44,11 @@ class Worker:
 
 
 def start(ws: Workspace, label: str, *, workers: int = 1, cpus: set[int] | None = None,
-          database_url: str | None = None, extra_env: dict[str, str] | None = None) -> Server:
+          database_url: str | None = None, storage_url: str = "",
+          extra_env: dict[str, str] | None = None) -> Server:
     """`python -m server` as a user runs it, configured for a quiet, isolated run."""
     port = procs.free_port()
-    env = environment(ws, label, database_url=database_url,
+    env = environment(ws, label, database_url=database_url, storage_url=storage_url,
                       extra_env={"PORT": str(port), "WORKERS": str(workers), **(extra_env or {})})
     log = ws.logs / f"tubelet-{label}.log"
     proc = procs.spawn([sys.executable, "-m", "server"], log, env=env, cpus=cpus)
@@ -60,13 +62,13 @@ def start(ws: Workspace, label: str, *, workers: int = 1, cpus: set[int] | None 
 
 
 def start_worker(ws: Workspace, label: str, *, cpus: set[int] | None = None,
-                 database_url: str | None = None,
+                 database_url: str | None = None, storage_url: str = "",
                  extra_env: dict[str, str] | None = None) -> Worker:
     """`python -m server worker` beside the server started with the same label and settings.
 
     It logs at INFO: its "video N: remux" lines tell which plan each job ran.
     """
-    env = environment(ws, label, database_url=database_url,
+    env = environment(ws, label, database_url=database_url, storage_url=storage_url,
                       extra_env={"LOG_LEVEL": "INFO", **(extra_env or {})})
     log = ws.logs / f"worker-{label}.log"
     return Worker(procs.spawn([sys.executable, "-m", "server", "worker"], log, env=env,
@@ -74,8 +76,14 @@ def start_worker(ws: Workspace, label: str, *, cpus: set[int] | None = None,
 
 
 def environment(ws: Workspace, label: str, *, database_url: str | None = None,
+                storage_url: str = "",
                 extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a server or worker: one label, one storage directory."""
+    """The environment of a server or worker: one label, one storage directory.
+
+    Media is stored in that directory unless `storage_url` names a bucket: the
+    STORAGE_URL that `server.dev` (so `make bench`) exports is not inherited, so
+    the rows measure the same file storage whatever the caller's environment.
+    """
     env = dict(os.environ)
     env.pop("AIOHTTP_NO_EXTENSIONS", None)
     env.update({
@@ -84,6 +92,11 @@ def environment(ws: Workspace, label: str, *, database_url: str | None = None,
         "REDIS_URL": ws.redis_url,
         "REDIS_PREFIX": ws.redis_prefix,
         "STORAGE_DIR": str(ws.storage(label)),
+        "STORAGE_URL": storage_url,
+        # The node's cache and the redirects belong to S3 storage: empty is the default.
+        "CACHE_DIR": "",
+        "CACHE_MAX_BYTES": "",
+        "STREAM_REDIRECT": "",
         "JWT_SECRET": secrets.token_urlsafe(48),
         "ACCESS_LOG": "0",
         "LOG_LEVEL": "WARNING",
@@ -107,6 +120,17 @@ async def login(session: aiohttp.ClientSession, base: str) -> str:
                             json={"email": email, "password": password}) as resp:
         await _expect(resp, 200)
         return (await resp.json())["access_token"]
+
+
+def upload_as_new_user(base: str, path: Path, title: str) -> tuple[str, int]:
+    """Register a user, upload path as a video; the user's token and the video's id."""
+
+    async def prepare() -> tuple[str, int]:
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, base)
+            return token, await upload_file(session, base, token, path, title)
+
+    return asyncio.run(prepare())
 
 
 async def upload_file(session: aiohttp.ClientSession, base: str, token: str, path: Path,
@@ -152,6 +176,39 @@ async def _expect(resp: aiohttp.ClientResponse, status: int) -> None:
     if resp.status != status:
         raise RuntimeError(f"{resp.method} {resp.url} answered {resp.status}, expected "
                            f"{status}: {(await resp.text())[:500]}")
+
+
+async def stream_discard(url: str) -> int:
+    """GET url whole, counting and dropping the bytes; the count."""
+    total = 0
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url} answered {resp.status}")
+        async for chunk in resp.content.iter_chunked(2**20):
+            total += len(chunk)
+    return total
+
+
+def delete_video(base: str, token: str, video_id: int) -> None:
+    request = urllib.request.Request(f"{base}/videos/{video_id}", method="DELETE",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60):
+        pass
+
+
+def storage_key(server: Server, video_id: int) -> str:
+    """The name the video's file is stored under (in STORAGE_DIR, or in the bucket)."""
+    conn = psycopg2.connect(server.database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT storage_key FROM videos WHERE id = %s", (video_id,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise RuntimeError(f"video {video_id} has no row")
+    return str(row[0])
 
 
 def stored_file(storage: Path) -> Path:

@@ -81,8 +81,12 @@ def wrk_binary() -> str | None:
 
 
 def run(url: str, *, size: int, length: int, connections: int, duration: float,
-        server_pid: int, cpus: set[int] | None, threads: int = 1) -> WrkResult:
-    """One wrk run against url; length 0 asks for the whole file, else random ranges."""
+        server_pid: int | None, cpus: set[int] | None, threads: int = 1) -> WrkResult:
+    """One wrk run against url; length 0 asks for the whole file, else random ranges.
+
+    The server's CPU time and RSS are read from server_pid's process tree; None (a
+    server that is not a process of this machine) leaves them at zero.
+    """
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed")
@@ -92,15 +96,16 @@ def run(url: str, *, size: int, length: int, connections: int, duration: float,
     try:
         argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
                 "--timeout", "10s", "-s", script.name, url]
-        cpu_before = procs.cpu_seconds(server_pid)
-        with procs.RssSampler(server_pid) as rss:
+        cpu_before = procs.cpu_seconds(server_pid) if server_pid else 0.0
+        # pid 0 has no /proc entry: its RSS reads as 0.
+        with procs.RssSampler(server_pid or 0) as rss:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)
             if cpus:
                 with contextlib.suppress(ProcessLookupError):
                     os.sched_setaffinity(proc.pid, cpus)
             out, _ = proc.communicate(timeout=duration + 60)
-        cpu = procs.cpu_seconds(server_pid) - cpu_before
+        cpu = procs.cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
     finally:
         Path(script.name).unlink()
     summary = next((line[2:] for line in out.splitlines() if line.startswith("@@")), None)

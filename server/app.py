@@ -21,6 +21,7 @@ from server.ingest import upload as ingest
 from server.moderation import handlers as moderation
 from server.ops import health, metrics, openapi
 from server.social import handlers as social
+from server.storage import keys as storage
 from server.viewing import presence, reports
 from server.web import pages
 
@@ -46,6 +47,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(db_ctx)
     app.cleanup_ctx.append(changes_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    storage.setup(app)
     http.setup(app)
     metrics.setup(app)
     health.setup(app)

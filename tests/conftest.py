@@ -22,10 +22,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.core.config import Config
 from server.core.keys import CHANGES_KEY, DB_KEY
+from server.core.storage import StorageLocation, parse_storage_url
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The run's bucket (`make test` starts SeaweedFS and sets STORAGE_URL). Taken out of the
+# environment: servers the tests start use file storage unless a test asks for S3.
+S3_URL = os.environ.pop("STORAGE_URL", "")
 
 
 def require_tool(name: str) -> str:
@@ -85,6 +89,34 @@ async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) 
             raise AssertionError(f"{what} did not happen within {within} s")
         await asyncio.sleep(0.05)
     return loop.time() - start
+
+
+def s3_base() -> StorageLocation:
+    """The S3 bucket of the test run: `make test` starts SeaweedFS and sets STORAGE_URL."""
+    location = parse_storage_url(S3_URL) if S3_URL.startswith("s3://") else None
+    if location is None or location.endpoint is None:
+        message = "S3 tests need STORAGE_URL=s3://bucket?endpoint=... (make test sets it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return location
+
+
+@pytest.fixture
+def s3_location() -> StorageLocation:
+    """A fresh key prefix in the test run's bucket, so tests never meet each other's objects."""
+    base = s3_base()
+    return StorageLocation("s3", bucket=base.bucket, prefix=f"test-{secrets.token_hex(6)}/",
+                           endpoint=base.endpoint, region=base.region)
+
+
+@pytest.fixture(params=["file", "s3"])
+def backend(request: pytest.FixtureRequest) -> StorageLocation | None:
+    """Each storage: None (files in STORAGE_DIR), then a bucket; pass as `storage=`."""
+    if request.param == "file":
+        return None
+    location: StorageLocation = request.getfixturevalue("s3_location")
+    return location
 
 
 @pytest.fixture(scope="session")

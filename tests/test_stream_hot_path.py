@@ -49,7 +49,7 @@ def test_plain_span_answers_what_players_send(header, span):
 
 
 def _video(path: Path):
-    return video_file(path, path.stat().st_size, "video/mp4", Validators('"k"', 0), 60)
+    return video_file(path.name, path, path.stat().st_size, "video/mp4", Validators('"k"', 0), 60)
 
 
 def test_descriptor_outlives_eviction_until_released(tmp_path):

@@ -23,6 +23,7 @@ from server.core.validation import (
     read_json_object,
     string_field,
 )
+from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
 
 from . import profiles
 from .auth import authenticated_user
@@ -160,7 +161,7 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         limiter = RateLimiter(app[REDIS_KEY], Keyspace(config.redis_prefix))
         app[THROTTLE_KEY] = AuthThrottle(limiter, config)
         app[PROFILES_KEY] = Profiles(
-            app[DB_KEY], config.storage_dir,
+            app[DB_KEY], app[STORE_KEY], app[NODE_CACHE_KEY],
             ActionThrottle(limiter, hash_secret(config.jwt_secret), config.trusted_proxies),
             config.rate_limit_upload)
         await standing.start()

@@ -2,8 +2,9 @@
 GET /users/{id}/avatar.jpg.
 
 A banned user has no public profile and no avatar while the ban lasts (404).
-An avatar is stored under a fresh random key each time; the old file goes once
-the row names the new one. The avatar URL carries a version (`?v=`), so a
+An avatar is stored in the media store under a fresh random key each time; the
+old file goes once the row names the new one. Reads go through this node's
+cache when the store is a bucket. The avatar URL carries a version (`?v=`), so a
 versioned fetch may be cached for good and a bare one is revalidated.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientError, web
@@ -22,8 +21,10 @@ from server.core.db import Database, fetch_one, refused
 from server.core.errors import ApiError, Invalid, NotFound
 from server.core.ids import parse_id
 from server.core.ratelimit import ActionThrottle
-from server.core.storage import new_storage_key, storage_path, unlink
+from server.core.storage import new_storage_key
 from server.core.validation import clean_text, read_json_object, string_field
+from server.storage.cache import NodeCache
+from server.storage.store import MediaStore
 
 from .auth import UNAUTHORIZED, authenticated_user
 from .avatars import MAX_BYTES, ImageRejected, render_avatar
@@ -105,19 +106,12 @@ def profile_json(row: dict[str, Any]) -> dict[str, Any]:
 
 # --- the service ---------------------------------------------------------------
 
-def _write_new(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "xb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
 class Profiles:
-    def __init__(self, db: Database, storage_dir: Path, throttle: ActionThrottle,
-                 avatar_limit: RateSpec) -> None:
+    def __init__(self, db: Database, store: MediaStore, cache: NodeCache | None,
+                 throttle: ActionThrottle, avatar_limit: RateSpec) -> None:
         self._db = db
-        self._storage_dir = storage_dir
+        self._store = store
+        self._cache = cache
         self._decoding = asyncio.Semaphore(DECODE_CONCURRENCY)
         self._throttle = throttle
         self._avatar_limit = avatar_limit
@@ -158,7 +152,9 @@ class Profiles:
 
     async def read_avatar(self, key: str) -> bytes:
         try:
-            return await asyncio.to_thread(storage_path(self._storage_dir, key).read_bytes)
+            if self._cache is not None:
+                return await self._cache.read_small(key)
+            return await self._store.get_bytes(key)
         except FileNotFoundError:
             raise NotFound("This user has no avatar") from None
 
@@ -172,11 +168,11 @@ class Profiles:
                 status = 415 if exc.code == "unsupported_media_type" else 422
                 raise ApiError(status, exc.code, exc.message) from None
         key = new_storage_key("jpg")
-        path = storage_path(self._storage_dir, key)
-        await asyncio.to_thread(_write_new, path, jpeg)
         queries = self._db.queries
         committing = False
         try:
+            # Stored before the transaction: no pooled connection waits on a bucket.
+            await self._store.put_bytes(key, jpeg)
             async with self._db.transaction() as cur:
                 old = await fetch_one(cur, queries["profile_avatar_for_update"], {"id": user_id})
                 if old is None:
@@ -190,16 +186,21 @@ class Profiles:
                 log.warning("avatar of user %d may not have been saved; its file is left "
                             "for the orphan sweep", user_id)
             else:
-                await unlink(path)
+                await self._remove(key, f"new avatar of user {user_id} not removed")
             raise
         assert row is not None
         if old["avatar_key"] is not None:
-            try:
-                await unlink(storage_path(self._storage_dir, old["avatar_key"]))
-            except OSError as exc:
-                log.warning("old avatar of user %d not removed (%s); the orphan sweep will "
-                            "remove it", user_id, exc)
+            await self._remove(old["avatar_key"], f"old avatar of user {user_id} not removed")
         return row
+
+    async def _remove(self, key: str, what: str) -> None:
+        """Delete an avatar no row names; the orphan sweep's if that fails."""
+        try:
+            await self._store.delete(key)
+            if self._cache is not None:
+                await self._cache.evict(key)
+        except OSError as exc:  # StorageUnavailable is one
+            log.warning("%s (%s); the orphan sweep will remove it", what, exc)
 
 
 PROFILES_KEY: web.AppKey[Profiles] = web.AppKey("profiles", Profiles)

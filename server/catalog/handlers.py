@@ -13,6 +13,7 @@ from server.accounts.standing import STANDING_KEY
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, VIEW_TOTALS_KEY
 from server.core.loops import run_every, stop
 from server.core.validation import positive_int, read_json_object
+from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
 
 from . import records
 from .edits import parse_edit
@@ -106,8 +107,8 @@ async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     signer = MediaSigner.from_secret(config.jwt_secret, config.stream_url_ttl)
     app[SIGNER_KEY] = signer
-    catalog = Catalog(app[DB_KEY], app[CHANGES_KEY], config.storage_dir, signer,
-                      config.search_language, role_reader(app))
+    catalog = Catalog(app[DB_KEY], app[CHANGES_KEY], app[STORE_KEY], app[NODE_CACHE_KEY],
+                      signer, config.search_language, role_reader(app))
     app[CATALOG_KEY] = catalog
     # The first sweep runs at start-up: it finds what a crash left behind.
     sweep = run_every(ORPHAN_SWEEP_EVERY, catalog.sweep_orphans, "orphan-sweep")

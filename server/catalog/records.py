@@ -8,13 +8,16 @@ A video is created `processing`, with its processing job queued in the same
 transaction (sql/queries/processing.sql, the job in server/ingest/jobs.py), so
 none is ever left processing without a job. The job makes it `ready` (its
 stream, poster and storyboard files) or `failed` with a reason.
+
+Stored files live in the media store (server/storage: a directory or an S3
+bucket); a file is stored before the row that names it is written, and removed
+after the row that named it is gone, so a row never names a missing file. What
+a crash leaves between the two is an object no row names: the orphan sweep's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -26,7 +29,9 @@ from server.core.db import Database, refused
 from server.core.errors import NotFound
 from server.core.ids import parse_id, parse_video_id
 from server.core.keys import ViewTotals
-from server.core.storage import claim_storage, settled_keys, storage_path, unlink
+from server.core.storage import StorageUnavailable
+from server.storage.cache import NodeCache
+from server.storage.store import MediaStore
 
 from .edits import VideoEdit
 from .signing import MediaSigner
@@ -34,8 +39,9 @@ from .signing import MediaSigner
 log = logging.getLogger(__name__)
 
 # A stored file no row names is removed once it has been left alone this long.
-# An upload moves its file into place inside the transaction that inserts the
-# row, moments before the commit; a file that young may belong to one.
+# An upload stores its file just before the transaction that inserts the row;
+# a file that young may belong to one. (An S3 object's age may count from the
+# start of its upload: this leaves an hour for the upload and the commit.)
 ORPHAN_MIN_AGE = 3600.0
 ORPHAN_SWEEP_EVERY = 3600.0
 SWEEP_BATCH = 1000
@@ -125,11 +131,15 @@ async def with_current_views(totals: ViewTotals,
 class Catalog:
     """The video rows, and the change announcements that go with writing them."""
 
-    def __init__(self, db: Database, changes: ChangeFeed, storage_dir: Path,
-                 signer: MediaSigner, language: str, role_of: RoleOf | None = None) -> None:
+    def __init__(self, db: Database, changes: ChangeFeed, store: MediaStore,
+                 cache: NodeCache | None, signer: MediaSigner, language: str,
+                 role_of: RoleOf | None = None) -> None:
         self._db = db
         self._changes = changes
-        self._storage_dir = storage_dir
+        self._store = store
+        # This node's copies of bucket media (None with file storage); other
+        # nodes drop theirs when the change feed tells them of a delete.
+        self._cache = cache
         self.signer = signer
         self._language = language
         self._role_of = role_of
@@ -215,12 +225,14 @@ class Catalog:
         return row
 
     async def delete(self, raw_id: str, user_id: int) -> None:
-        """Delete the row and record the change in one transaction, then remove its files.
+        """Delete the row and record the change in one transaction, then remove its files
+        from the store and from this node's cache.
 
         Once the row is gone the delete has happened, whatever becomes of the
-        files: one that cannot be removed now, or that a crash right after the
-        commit leaves behind, has no row, and the orphan sweep removes it. A
-        processing job that finishes later finds no row and removes what it made.
+        files: one that cannot be removed now (the store unreachable included),
+        or that a crash right after the commit leaves behind, has no row, and
+        the orphan sweep removes it. A processing job that finishes later finds
+        no row and removes what it made.
         """
         video_id = parse_video_id(raw_id)
         if video_id is None:
@@ -233,35 +245,50 @@ class Catalog:
             seq = await self._changes.record(cur, video_id, "deleted")
         self._changes.applied(video_id, seq)
         for column in FILE_COLUMNS:
-            if deleted[column] is None:
+            key = deleted[column]
+            if key is None:
                 continue
             try:
-                await unlink(storage_path(self._storage_dir, deleted[column]))
-            except OSError as exc:
+                await self._store.delete(key)
+            except OSError as exc:  # StorageUnavailable is one
                 log.warning("file of deleted video %d not removed (%s); the orphan sweep "
                             "will remove it", video_id, exc)
+            await self._evict(key)
 
-    async def create(self, values: dict[str, Any], staged: Path) -> dict[str, Any]:
-        """Insert a video row, queue its processing and move its staged file into place,
-        in one transaction.
+    async def create(self, values: dict[str, Any], staged: Path,
+                     before_insert: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Store a staged file, then insert its video row and queue its processing in
+        one transaction.
 
-        `values["storage_key"]` names the file's place. If anything fails before
-        the commit, or the server refuses the commit, the file is removed again:
-        no row, no file, and a retry starts afresh. If the commit's answer is
-        lost, nobody knows whether it happened; the file stays, and the orphan
-        sweep removes it if no row names it. Removing the staged file on
-        failure is the caller's job.
+        `values["storage_key"]` names the stored file. It is stored before the
+        transaction begins (with S3, an upload that no pooled connection waits
+        on); `before_insert`, if given, runs between the two and may raise to
+        give up. If anything fails after the file is stored and before the
+        commit, or the server refuses the commit, the file is deleted again: no
+        row, no file, and a retry starts afresh. If the commit's answer is lost,
+        nobody knows whether it happened; the file stays. A file that cannot be
+        deleted, or that a store failing mid-write kept after all, has no row,
+        and the orphan sweep removes it. The store takes the staged file once
+        stored; removing it on failure is the caller's job.
         """
-        target = storage_path(self._storage_dir, values["storage_key"])
+        key = values["storage_key"]
         queries = self._db.queries
+        try:
+            await self._store.put_file(key, staged)
+        except StorageUnavailable:
+            raise  # it would fail the delete as well
+        except BaseException:
+            await self._forget(key)  # cancelled, say, after the write went through
+            raise
         committing = False
         try:
+            if before_insert is not None:
+                before_insert()
             async with self._db.transaction() as cur:
                 await cur.execute(queries["insert_video"],
                                   {**values, "language": self._language})
                 row = dict(await cur.fetchone())
                 await cur.execute(queries["defer_processing"], {"id": row["id"]})
-                await asyncio.to_thread(os.replace, staged, target)
                 seq = await self._changes.record(cur, row["id"], "created")
                 committing = True
         except BaseException as exc:
@@ -269,25 +296,41 @@ class Catalog:
                 log.warning("commit of video %d may not have happened; its file is left "
                             "for the orphan sweep", row["id"])
             else:
-                await unlink(target)
+                await self._forget(key)
             raise
         self._changes.applied(row["id"], seq)
         return row
 
-    async def _storage_is_ours(self) -> bool:
-        """Whether STORAGE_DIR belongs to this database, by the marker they share.
+    async def _forget(self, key: str) -> None:
+        """Delete a stored file no row names; left to the orphan sweep if that fails."""
+        try:
+            await self._store.delete(key)
+        except OSError as exc:  # StorageUnavailable is one
+            log.warning("stored file %s not removed (%s); the orphan sweep will remove it",
+                        key, exc)
 
-        A directory without a marker is claimed by the first database to sweep it.
+    async def _evict(self, key: str) -> None:
+        if self._cache is None:
+            return
+        try:
+            await self._cache.evict(key)
+        except OSError as exc:
+            log.warning("%s not removed from this node's cache: %s", key, exc)
+
+    async def _storage_is_ours(self) -> bool:
+        """Whether the media store belongs to this database, by the marker they share.
+
+        A store without a marker is claimed by the first database to sweep it.
         Pointed at another database (a restored backup, a fresh one after a reset),
         every file would look orphaned: the sweep then removes nothing.
         """
         row = await self._db.one("instance_id")
         assert row is not None
         ours = row["id"]
-        theirs = await asyncio.to_thread(claim_storage, self._storage_dir, ours)
+        theirs = await self._store.claim(ours)
         if theirs != ours:
-            log.warning("STORAGE_DIR %s belongs to database %s, not this one (%s): stored "
-                        "files are not swept", self._storage_dir, theirs, ours)
+            log.warning("the media store belongs to database %s, not this one (%s): stored "
+                        "files are not swept", theirs, ours)
             return False
         return True
 
@@ -295,13 +338,13 @@ class Catalog:
         """Remove stored files that no video row names; the number removed.
 
         Only files left alone for `min_age` seconds (ORPHAN_MIN_AGE by default)
-        are candidates, so a file moved into place by an upload whose
-        transaction has not committed yet is never touched.
+        are candidates, so a file stored by an upload whose transaction has not
+        committed yet is never touched. An unreachable store ends the round.
         """
         if not await self._storage_is_ours():
             return 0
         age = ORPHAN_MIN_AGE if min_age is None else min_age
-        keys = await asyncio.to_thread(settled_keys, self._storage_dir, age)
+        keys = await self._store.settled_keys(age)
         removed = 0
         for start in range(0, len(keys), SWEEP_BATCH):
             chunk = keys[start:start + SWEEP_BATCH]
@@ -310,10 +353,13 @@ class Catalog:
                 if key in named:
                     continue
                 try:
-                    await unlink(storage_path(self._storage_dir, key))
+                    await self._store.delete(key)
+                except StorageUnavailable:
+                    raise
                 except OSError as exc:
                     log.warning("orphaned file %s not removed: %s", key, exc)
                     continue
+                await self._evict(key)
                 removed += 1
         if removed:
             log.info("removed %d stored files that no video names", removed)

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .storage import StorageLocation, parse_storage_url
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -53,7 +55,18 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable("DATABASE_URL", "database_url", "PostgreSQL"),
     Variable("REDIS_URL", "redis_url", "Redis"),
     Variable("REDIS_PREFIX", "redis_prefix", "namespace of every Redis key and channel"),
-    Variable("STORAGE_DIR", "storage_dir", "where uploaded files live"),
+    Variable("STORAGE_DIR", "storage_dir",
+             "where media lives with file storage; with S3, this node's scratch space "
+             "(unfinished uploads, processing)"),
+    Variable("STORAGE_URL", "storage", "file:///path or s3://BUCKET[/prefix]?endpoint=URL"
+             "&region=NAME (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+             "file storage in STORAGE_DIR"),
+    Variable("CACHE_DIR", "cache_dir", "this node's read-through cache of S3 media",
+             "STORAGE_DIR/cache"),
+    Variable("CACHE_MAX_BYTES", "cache_max_bytes",
+             "bytes the node's cache may hold; least recently used files go first"),
+    Variable("STREAM_REDIRECT", "stream_redirect",
+             "presigned: answer stream requests with a 302 to a presigned bucket URL", "empty"),
     Variable("JWT_SECRET", "jwt_secret", "HMAC key for access tokens, at least 32 bytes",
              "random per start, with a warning (kept in .data/ under make run)"),
     Variable("JWT_ALGORITHM", "jwt_algorithm", "the only algorithm accepted (HS256/384/512)"),
@@ -152,6 +165,11 @@ class Config:
     redis_url: str = DEFAULT_REDIS_URL
     redis_prefix: str = "tubelet"
     storage_dir: Path = Path("storage")
+    # None: file storage in storage_dir.
+    storage: StorageLocation | None = None
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 10 * 1024**3
+    stream_redirect: str = ""
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     jwt_algorithm: str = "HS256"
     access_token_ttl: int = 15 * 60
@@ -203,6 +221,10 @@ class Config:
     search_language: str = "english"
     trending_refresh: float = 300.0
 
+    @property
+    def node_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.storage_dir / "cache"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = _Declared(os.environ if env is None else env)
@@ -210,6 +232,8 @@ class Config:
         secret = env.get("JWT_SECRET") or base.jwt_secret
         if len(secret.encode()) < 32:
             raise ConfigError("JWT_SECRET must be at least 32 bytes")
+        if env.get("STREAM_REDIRECT", "").strip() and _storage(env) is None:
+            raise ConfigError("STREAM_REDIRECT=presigned needs S3 storage (STORAGE_URL=s3://...)")
         algorithm = env.get("JWT_ALGORITHM", base.jwt_algorithm)
         if algorithm not in {"HS256", "HS384", "HS512"}:
             raise ConfigError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
@@ -220,7 +244,11 @@ class Config:
             database_url=env.get("DATABASE_URL") or base.database_url,
             redis_url=env.get("REDIS_URL") or base.redis_url,
             redis_prefix=env.get("REDIS_PREFIX") or base.redis_prefix,
-            storage_dir=Path(env.get("STORAGE_DIR") or base.storage_dir),
+            storage_dir=_storage_dir(env, base.storage_dir),
+            storage=_storage(env),
+            cache_dir=Path(env["CACHE_DIR"]) if env.get("CACHE_DIR") else None,
+            cache_max_bytes=_int(env, "CACHE_MAX_BYTES", base.cache_max_bytes, low=0),
+            stream_redirect=_choice(env, "STREAM_REDIRECT", "", STREAM_REDIRECTS),
             jwt_secret=secret,
             jwt_algorithm=algorithm,
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", base.access_token_ttl, low=1),
@@ -327,6 +355,32 @@ def _float(env: Mapping[str, str], name: str, default: float, *, low: float) -> 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
+STREAM_REDIRECTS = ("", "presigned")
+
+
+def _storage(env: Mapping[str, str]) -> StorageLocation | None:
+    """The S3 location STORAGE_URL names; None for file storage (STORAGE_DIR)."""
+    raw = env.get("STORAGE_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        location = parse_storage_url(raw)
+    except ValueError as exc:
+        raise ConfigError(f"STORAGE_URL: {exc}") from None
+    return location if location.is_s3 else None
+
+
+def _storage_dir(env: Mapping[str, str], default: Path) -> Path:
+    """STORAGE_DIR, or the directory of a file:// STORAGE_URL, which names the same place."""
+    raw = env.get("STORAGE_URL", "").strip()
+    if raw.startswith("file:"):
+        try:
+            location = parse_storage_url(raw)
+        except ValueError as exc:
+            raise ConfigError(f"STORAGE_URL: {exc}") from None
+        assert location.path is not None
+        return location.path
+    return Path(env.get("STORAGE_DIR") or default)
 
 
 def _metrics_token(raw: str) -> str | None:

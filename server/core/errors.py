@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import HTML_ERRORS_KEY
+from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     TimeoutError,
+    StorageUnavailable,
 )
 
 
@@ -114,18 +116,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             else exc.text
         return await _render(request, exc.status, CODES.get(exc.status, "error"), message,
                              _passthrough_headers(exc))
-    except (asyncio.CancelledError, ConnectionError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:
+        # The client went away: nothing to answer. The bucket failing is an outage.
+        if not isinstance(exc, StorageUnavailable):
+            raise
+        return await _unavailable(request, exc)
     except DEPENDENCY_ERRORS as exc:
-        # One line, no traceback: an outage is weather, not a bug.
-        log.warning("%s %s: 503: dependency unavailable: %s", request.method, request.path,
-                    _describe(exc))
-        unavailable = Unavailable()
-        return await _render(request, 503, unavailable.code, unavailable.message,
-                             unavailable.headers)
+        return await _unavailable(request, exc)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return await _render(request, 500, "internal_error", "Internal server error", {})
+
+
+async def _unavailable(request: web.Request, exc: BaseException) -> web.StreamResponse:
+    # One line, no traceback: an outage is weather, not a bug.
+    log.warning("%s %s: 503: dependency unavailable: %s", request.method, request.path,
+                _describe(exc))
+    unavailable = Unavailable()
+    return await _render(request, 503, unavailable.code, unavailable.message,
+                         unavailable.headers)
 
 
 def first_line(exc: BaseException) -> str:

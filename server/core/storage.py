@@ -1,4 +1,4 @@
-"""Where stored media lives on this machine's disk."""
+"""Stored media: key names, the local directory's helpers, and where STORAGE_URL puts media."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 # Stored files are named `<32 hex digits>.<extension>`; nothing else in the
 # directory (temporary uploads, an operator's files) is ever taken for one.
@@ -81,3 +83,56 @@ def claim_storage(directory: Path, database_id: str) -> str:
     finally:
         temp.unlink(missing_ok=True)
     return marker.read_text(encoding="ascii").strip()
+
+
+class StorageUnavailable(ConnectionError):
+    """The object store could not be reached or failed; the request gets a 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocation:
+    """Where media lives, from STORAGE_URL: a directory, or a bucket of an S3 service."""
+
+    kind: str  # "file" or "s3"
+    path: Path | None = None
+    bucket: str = ""
+    # Keys are stored under this prefix ("" or ending in "/").
+    prefix: str = ""
+    # None: the service's usual endpoint (AWS), or the embedded one under `make run`.
+    endpoint: str | None = None
+    region: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.kind == "s3"
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._\-/]{0,200}")
+
+
+def parse_storage_url(url: str) -> StorageLocation:
+    """`file:///path` or `s3://BUCKET[/prefix]?endpoint=URL&region=NAME`; ValueError says why."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ValueError("a file URL is file:///absolute/path")
+        return StorageLocation("file", path=Path(unquote(parts.path)))
+    if parts.scheme != "s3":
+        raise ValueError("STORAGE_URL is file:///path or s3://bucket?endpoint=...")
+    bucket = parts.netloc
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise ValueError("the bucket name is 3-63 lower-case letters, digits, dots and dashes")
+    prefix = parts.path.strip("/")
+    if not _PREFIX_RE.fullmatch(prefix) or ".." in prefix.split("/"):
+        raise ValueError("the key prefix is letters, digits, '.', '_', '-' and '/'")
+    options = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(options) - {"endpoint", "region"}
+    if unknown:
+        raise ValueError(f"unknown STORAGE_URL option(s): {', '.join(sorted(unknown))}")
+    endpoint = options.get("endpoint", [""])[-1] or None
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ValueError("endpoint is an http:// or https:// URL")
+    region = options.get("region", [""])[-1] or None
+    return StorageLocation("s3", bucket=bucket, prefix=f"{prefix}/" if prefix else "",
+                           endpoint=endpoint, region=region)

@@ -1,6 +1,7 @@
 """GET/HEAD /videos/{id}/poster.jpg, /storyboard.jpg and /storyboard.vtt of a playable video.
 
-Small files, read whole and sent with validators: their storage key names one
+Small files, read whole from the media store (through this node's cache when the
+store is a bucket) and sent with validators: their storage key names one
 content (a new processing run writes new keys), so it is the ETag and a
 revalidation costs a 304. A private video's files need its signed URL, as its
 stream does; its storyboard then names the sprite with the same signature, since
@@ -9,7 +10,6 @@ the player fetches the sprite from the URL the storyboard gives.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,7 +17,7 @@ from aiohttp import web
 from server.core.errors import NotFound
 from server.core.ids import parse_video_id
 from server.core.keys import CONFIG_KEY, DB_KEY
-from server.core.storage import storage_path
+from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
 
 from .files import etag_for
 from .ranges import Conditions, Precondition, Validators, evaluate_preconditions, format_http_date
@@ -76,8 +76,11 @@ async def artifact(request: web.Request) -> web.Response:
                       if_modified_since=request.headers.get("If-Modified-Since"))
     if evaluate_preconditions(request.method, cond, validators) is Precondition.NOT_MODIFIED:
         return web.Response(status=304, headers=headers)
+    cache = request.app[NODE_CACHE_KEY]
     try:
-        body = await asyncio.to_thread(storage_path(config.storage_dir, key).read_bytes)
+        # With a bucket, through this node's cache: posters are asked for with every list.
+        body = await (cache.read_small(key) if cache is not None
+                      else request.app[STORE_KEY].get_bytes(key))
     except FileNotFoundError:
         raise ArtifactNotFound() from None
     if sprite_query is not None:

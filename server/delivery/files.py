@@ -3,6 +3,10 @@
 A seeking player's many requests cost no database round trip: each process keeps
 the file's headers and an open descriptor. Every cached video is forgotten as
 soon as the change feed reports a change to it (`server.core.changes`).
+
+With S3 storage the file is opened from this node's cache (`server.storage.cache`);
+one not cached yet is no error but a forwarded range (`remote`), and a video
+deleted or no longer playable leaves the node's cache too.
 """
 
 from __future__ import annotations
@@ -15,20 +19,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from server.core.cache import LRU, SingleFlight
 from server.core.db import Database
 from server.core.storage import storage_path
+from server.storage.cache import NodeCache
 
 from .counts import StreamCounts
 from .ranges import Validators, format_http_date
 from .sendfile import HttpDate, header_fields
+
+if TYPE_CHECKING:
+    from .remote import Redirects
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class VideoFile:
+    key: str
     path: Path
     size: int
     content_type: str
@@ -42,7 +52,7 @@ class VideoFile:
     private: bool = False
 
 
-def video_file(path: Path, size: int, content_type: str, validators: Validators,
+def video_file(key: str, path: Path, size: int, content_type: str, validators: Validators,
                max_age: int, private: bool = False) -> VideoFile:
     headers = MappingProxyType({
         "ETag": validators.etag,
@@ -53,10 +63,29 @@ def video_file(path: Path, size: int, content_type: str, validators: Validators,
         "X-Content-Type-Options": "nosniff",
     })
     fields = header_fields({**headers, "Content-Type": content_type})
-    return VideoFile(path, size, content_type, validators, headers, fields, private)
+    return VideoFile(key, path, size, content_type, validators, headers, fields, private)
 
 
-class OpenFile:
+class Senders:
+    """The connections sending one video now, so a delete can cut them off."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        self.streams: set[asyncio.BaseTransport] = set()
+
+    def cut_off(self) -> int:
+        """Close the connections still sending; how many there were."""
+        cut = 0
+        for transport in list(self.streams):
+            if not transport.is_closing():
+                transport.abort()  # type: ignore[attr-defined]
+                cut += 1
+        self.streams.clear()
+        return cut
+
+
+class OpenFile(Senders):
     """A read-only descriptor of a stored file, shared by the requests that stream it.
 
     The cache holds one reference and every request holds one while it sends, so
@@ -64,14 +93,13 @@ class OpenFile:
     unlinked meanwhile stays readable through it, which is what those requests want.
     """
 
-    __slots__ = ("fd", "refs", "checked", "streams")
+    __slots__ = ("fd", "refs", "checked")
 
     def __init__(self, fd: int) -> None:
+        super().__init__()
         self.fd = fd
         self.refs = 1
         self.checked = time.monotonic()
-        # The connections sending from this file now, so a delete can cut them off.
-        self.streams: set[asyncio.BaseTransport] = set()
 
     def acquire(self, transport: asyncio.BaseTransport | None = None) -> OpenFile:
         self.refs += 1
@@ -86,16 +114,6 @@ class OpenFile:
         if self.refs == 0:
             os.close(self.fd)
 
-    def cut_off(self) -> int:
-        """Close the connections still sending from this file; how many there were."""
-        cut = 0
-        for transport in list(self.streams):
-            if not transport.is_closing():
-                transport.abort()  # type: ignore[attr-defined]
-                cut += 1
-        self.streams.clear()
-        return cut
-
 
 class VideoFileCache:
     """Per-process LRU of stream metadata and open files; misses are remembered briefly.
@@ -104,8 +122,14 @@ class VideoFileCache:
     """
 
     def __init__(self, capacity: int = 8192, negative_ttl: float = 2.0,
-                 open_files: int = 256, recheck: float = 1.0) -> None:
+                 open_files: int = 256, recheck: float = 1.0,
+                 node_cache: NodeCache | None = None) -> None:
         self.capacity = capacity
+        # With S3 storage: files are opened from this node's cache, and a file not
+        # there is forwarded from the bucket, not a video gone.
+        self.node_cache = node_cache
+        # Responses forwarding a video's ranges from the bucket.
+        self.proxying: dict[int, Senders] = {}
         self.negative_ttl = negative_ttl
         self.open_files = open_files
         self.recheck = recheck
@@ -162,6 +186,8 @@ class VideoFileCache:
                 handle.checked = now
             return handle.acquire(transport)
         handle = OpenFile(os.open(video.path, os.O_RDONLY))
+        if self.node_cache is not None:
+            self.node_cache.used(video.key, video.size)
         for _, evicted in self._files.put(video_id, handle):
             evicted.release()
         return handle.acquire(transport)
@@ -175,7 +201,8 @@ class VideoFileCache:
         try:
             return self.open(video_id, video, transport)
         except FileNotFoundError:
-            self.evict(video_id)
+            if self.node_cache is None:
+                self.evict(video_id)
             return None
 
     def close(self) -> None:
@@ -187,20 +214,25 @@ class VideoFileCache:
         if handle is not None:
             handle.release()
 
-    def changed(self, video_id: int | None) -> tuple[OpenFile, bool] | None:
+    def peek(self, video_id: int) -> VideoFile | None:
+        return self._hits.get(video_id)
+
+    def changed(self, video_id: int | None) -> tuple[list[Senders], bool] | None:
         """Forget one video, or (None) every video.
 
-        The forgotten file if it is being sent, and whether it was served without
-        a signature (not private) until now.
+        The forgotten video's responses in flight, if any, and whether it was
+        served without a signature (not private) until now.
         """
         self.generation += 1
         if video_id is not None:
             handle = self._files.get(video_id)
             cached = self._hits.get(video_id)
             self.evict(video_id)
-            if handle is None or not handle.streams:
+            sending = [senders for senders in (handle, self.proxying.get(video_id))
+                       if senders is not None and senders.streams]
+            if not sending:
                 return None
-            return handle, cached is None or not cached.private
+            return sending, cached is None or not cached.private
         self._hits.clear()
         self._misses.clear()
         self.close()
@@ -216,12 +248,17 @@ class VideoFiles:
     """Loads a video's stream metadata once, however many requests ask at once."""
 
     def __init__(self, db: Database, storage_dir: Path, max_age: int,
-                 private_max_age: int | None = None) -> None:
+                 private_max_age: int | None = None,
+                 node_cache: NodeCache | None = None) -> None:
         self._db = db
-        self._storage_dir = storage_dir
+        # Where files are opened: the storage directory, or this node's cache of the bucket.
+        self._storage_dir = storage_dir if node_cache is None else node_cache.directory
         self._max_age = max_age
         self._private_max_age = max_age if private_max_age is None else private_max_age
-        self.cache = VideoFileCache()
+        self.remote = node_cache
+        # STREAM_REDIRECT=presigned: streams answer with a redirect to the bucket.
+        self.redirect: Redirects | None = None
+        self.cache = VideoFileCache(node_cache=node_cache)
         self._loads: SingleFlight[int, VideoFile | None] = SingleFlight()
         self._checks: set[asyncio.Future[None]] = set()
 
@@ -231,14 +268,20 @@ class VideoFiles:
         unsigned) are cut off too, so a player streaming one long `bytes=0-`
         response stops within a second or two, as new requests do. The author's
         player asks again with its signed URL."""
+        known = None if video_id is None else self.cache.peek(video_id)
         found = self.cache.changed(video_id)
-        if found is not None and video_id is not None:
-            sending, was_open = found
-            check = asyncio.ensure_future(self._cut_off_if_gone(video_id, sending, was_open))
+        cached_key = None if known is None or self.remote is None else known.key
+        if video_id is not None and (found is not None or cached_key is not None):
+            sending, was_open = found if found is not None else ([], False)
+            check = asyncio.ensure_future(
+                self._after_change(video_id, sending, was_open, cached_key))
             self._checks.add(check)
             check.add_done_callback(self._checks.discard)
 
-    async def _cut_off_if_gone(self, video_id: int, sending: OpenFile, was_open: bool) -> None:
+    async def _after_change(self, video_id: int, sending: list[Senders], was_open: bool,
+                            cached_key: str | None) -> None:
+        """Cut off responses of a video no longer served, and drop its file from this
+        node's cache."""
         try:
             row = await self._db.one("video_file", {"id": video_id})
         except Exception as exc:
@@ -247,10 +290,13 @@ class VideoFiles:
             log.warning("could not check video %d after a change: %r", video_id, exc)
             return
         if row is None or (was_open and row["visibility"] == "private"):
-            cut = sending.cut_off()
+            cut = sum(senders.cut_off() for senders in sending)
             if cut:
                 log.info("video %d is gone or private: cut off %d response(s) in flight",
                          video_id, cut)
+        if self.remote is not None and cached_key is not None and (
+                row is None or row["storage_key"] != cached_key):
+            await self.remote.evict(cached_key)
 
     async def close(self) -> None:
         for check in list(self._checks):
@@ -273,6 +319,7 @@ class VideoFiles:
         row = await self._db.one("video_file", {"id": video_id})
         private = row is not None and row["visibility"] == "private"
         value = None if row is None else video_file(
+            key=row["storage_key"],
             path=storage_path(self._storage_dir, row["storage_key"]),
             size=row["size"],
             content_type=row["content_type"],

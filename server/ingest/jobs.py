@@ -3,7 +3,8 @@
 A video's job is queued by Catalog.create in the transaction that inserts the
 row (sql/queries/processing.sql names QUEUE, TASK and the per-video locks), so
 no video is ever processing without a job. `python -m server worker` runs
-`work`: a procrastinate worker on QUEUE, plus
+`work`: a procrastinate worker on QUEUE, with the media store STORAGE_URL names
+(its jobs' files in STORAGE_DIR/.work, as scratch space), plus
 
 - stalled-job recovery: a job whose worker stopped sending heartbeats for
   WORKER_STALLED_AFTER seconds (killed, its machine gone) is queued again;
@@ -45,6 +46,7 @@ from server.core.db import Database, Queries
 from server.core.errors import first_line
 from server.core.loops import run_every, stop
 from server.core.metrics import JOB_BUCKETS, Histogram, Metrics, add_histogram, serve_port
+from server.storage.keys import opened
 
 from .probe import MediaError
 from .processing import FAILED_REPEATEDLY, Processor, sweep_work_dirs
@@ -210,11 +212,12 @@ async def work(config: Config, *, concurrency: int | None = None, wait: bool = T
                                    timeout=config.db_timeout)
     try:
         db = Database(pool, Queries.load())
-        # Changes are only recorded here; a worker caches nothing to learn of them.
-        processor = Processor(db, ChangeFeed(config.database_url, db.queries), config)
         stats = JobStats()
         app = create_job_app(config, jobs, stats)
-        async with app.open_async(), metrics_port(config, stats):
+        async with opened(config) as store, app.open_async(), metrics_port(config, stats):
+            # Changes are only recorded here; a worker caches nothing to learn of them.
+            processor = Processor(db, ChangeFeed(config.database_url, db.queries), config,
+                                  store)
             upkeep = Upkeep(app, db, config.worker_stalled_after)
             background = [
                 run_every(max(config.worker_stalled_after / 2, 0.5), upkeep.run,

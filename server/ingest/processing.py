@@ -1,12 +1,14 @@
 """One processing job: a video's upload made browser-safe, with its poster and storyboard.
 
 The job reads the row, probes the upload, plans remux or transcode, and runs
-ffmpeg into a temporary directory of its own under STORAGE_DIR/.work. The
-results are moved into storage under fresh random keys and the row is updated
-in one transaction, only if the video still exists and is still processing:
-a video deleted meanwhile takes nothing with it, and its new files are removed.
-No pooled connection is held while ffmpeg runs; progress is written at most
-once a second.
+ffmpeg into a temporary directory of its own under STORAGE_DIR/.work. The upload
+is read where it lies with file storage; from S3 it is first fetched into that
+directory. The results are stored in the media store under fresh random keys
+(a rename, or an upload to the bucket), then the row is updated in one
+transaction, only if the video still exists and is still processing: a video
+deleted meanwhile takes nothing with it, and its new files are removed, as they
+are when anything fails before the commit. No pooled connection is held while
+ffmpeg runs or files move; progress is written at most once a second.
 
 Every job directory holds a lock (flock) for as long as its job runs, so a
 directory left by a killed worker is told from one in use and removed by the
@@ -32,7 +34,8 @@ from server.core.changes import ChangeFeed
 from server.core.config import Config
 from server.core.db import Database, refused
 from server.core.errors import DEPENDENCY_ERRORS
-from server.core.storage import new_storage_key, storage_path, unlink
+from server.core.storage import new_storage_key
+from server.storage.store import MediaStore
 
 from . import ffmpeg
 from .plan import plan_processing
@@ -96,11 +99,12 @@ class Progress:
 class Processor:
     """Processes videos: what one job does, given the video's id."""
 
-    def __init__(self, db: Database, changes: ChangeFeed, config: Config) -> None:
+    def __init__(self, db: Database, changes: ChangeFeed, config: Config,
+                 store: MediaStore) -> None:
         self._db = db
         self._changes = changes
         self._config = config
-        self._storage_dir = config.storage_dir
+        self._store = store
         self.work_root = config.storage_dir / WORK_DIR
 
     async def process(self, video_id: int) -> bool:
@@ -112,17 +116,30 @@ class Processor:
         row = await self._db.one("processing_video", {"id": video_id})
         if row is None or row["status"] != "processing":
             return False
-        source = storage_path(self._storage_dir, row["storage_key"])
         progress = Progress(self._db, video_id)
         await progress.report(0.0, force=True)
         async with job_dir(self.work_root) as work:
+            source = await self._source(row["storage_key"], work)
             produced = await self._produce(video_id, source, work, progress)
             return await self._settle(video_id, produced)
 
+    async def _source(self, key: str, work: Path) -> Path:
+        """The upload as a file on this machine: where it lies, or fetched into `work`."""
+        local = self._store.local_path(key)
+        if local is not None:
+            if not await asyncio.to_thread(local.is_file):
+                raise MediaError("The uploaded file is missing")
+            return local
+        # The key's extension stays: the probe and ffmpeg may use it as a hint.
+        fetched = work / f"source{Path(key).suffix}"
+        try:
+            await self._store.fetch(key, fetched)
+        except FileNotFoundError:
+            raise MediaError("The uploaded file is missing") from None
+        return fetched
+
     async def _produce(self, video_id: int, source: Path, work: Path,
                        progress: Progress) -> Produced:
-        if not await asyncio.to_thread(source.is_file):
-            raise MediaError("The uploaded file is missing")
         found = await probe(source, self._config)
         plan = plan_processing(found, self._config)
         stream = work / f"stream.{plan.extension}"
@@ -154,7 +171,7 @@ class Processor:
         )
 
     async def _settle(self, video_id: int, produced: Produced) -> bool:
-        """Move the results into storage and make the row ready, or remove them again."""
+        """Store the results and make the row ready, or remove them again."""
         files = {
             "storage_key": produced.stream,
             "poster_key": produced.poster,
@@ -163,7 +180,6 @@ class Processor:
         }
         keys = {column: new_storage_key(path.suffix.lstrip(".")) for column, path in
                 files.items()}
-        targets = [storage_path(self._storage_dir, key) for key in keys.values()]
         size = (await asyncio.to_thread(produced.stream.stat)).st_size
         params: dict[str, Any] = {
             "id": video_id, **keys, "size": size, "content_type": produced.content_type,
@@ -174,8 +190,8 @@ class Processor:
         queries = self._db.queries
         committing = False
         try:
-            for path, target in zip(files.values(), targets, strict=True):
-                await asyncio.to_thread(os.replace, path, target)
+            for column, path in files.items():
+                await self._store.put_file(keys[column], path)
             async with self._db.transaction() as cur:
                 await cur.execute(queries["finish_processing"], params)
                 if await cur.fetchone() is None:
@@ -188,17 +204,25 @@ class Processor:
                 log.warning("commit of processed video %d may not have happened; its files "
                             "are left for the orphan sweep", video_id)
             else:
-                await _remove(targets)
+                await self._remove(list(keys.values()))
             raise
         if seq is None:
             log.info("video %d was deleted or settled while it was processed; "
                      "its new files are removed", video_id)
-            await _remove(targets)
+            await self._remove(list(keys.values()))
             return False
         self._changes.applied(video_id, seq)
         log.info("video %d is ready (%s, %dx%d, %s/%s)", video_id, produced.content_type,
                  produced.width, produced.height, produced.video_codec, produced.audio_codec)
         return True
+
+    async def _remove(self, keys: list[str]) -> None:
+        """Delete stored results no row names (some may never have been stored)."""
+        for key in keys:
+            try:
+                await self._store.delete(key)
+            except OSError as exc:  # StorageUnavailable is one
+                log.warning("%s not removed (%s); the orphan sweep will remove it", key, exc)
 
     async def fail(self, video_id: int, reason: str) -> bool:
         """Mark a video still processing as failed; False if it was not processing."""
@@ -211,14 +235,6 @@ class Processor:
         self._changes.applied(video_id, seq)
         log.info("video %d failed: %s", video_id, reason)
         return True
-
-
-async def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        try:
-            await unlink(path)
-        except OSError as exc:
-            log.warning("%s not removed (%s); the orphan sweep will remove it", path, exc)
 
 
 # --- job directories ------------------------------------------------------------

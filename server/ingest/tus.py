@@ -25,7 +25,10 @@ alone (404 for anyone else).
 When the last byte arrives the file is sniffed like a multipart upload (415 and
 the upload removed if it is not a video) and becomes a video in state
 `processing`. The answer names it in `Tubelet-Video-Id`, and so does every later
-HEAD or PATCH of the finished upload, until it expires. Unfinished uploads expire
+HEAD or PATCH of the finished upload, until it expires. If the media store
+fails then (503), the upload stays complete on this node's disk and the next
+HEAD or PATCH (an empty one at the final offset) finishes it. Unfinished uploads
+are kept on the disk of the node that took them (see tus_store), and expire
 UPLOAD_EXPIRY seconds after their last bytes arrived.
 
 CORS: pages of origins in ALLOWED_ORIGINS may use all of it; the tus headers are
@@ -34,15 +37,16 @@ exposed to them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from server.accounts.auth import authenticated_user
-from server.core.errors import ApiError
+from server.core.errors import ApiError, Unavailable
 from server.core.keys import CONFIG_KEY, DB_KEY
 from server.core.loops import run_every, stop
+from server.core.storage import StorageUnavailable
 
 from .tus_rules import (
     OFFSET_CONTENT_TYPE,
@@ -122,7 +126,16 @@ async def _write(request: web.Request, held: Held, checksum: Checksum | None) ->
             raise _too_long(upload.length)
         await store.receive(held, request.content, checksum)
     if held.durable == upload.length and not upload.finished:
+        await _finish(store, held)
+
+
+async def _finish(store: TusStore, held: Held) -> None:
+    try:
         await store.finish(held)
+    except StorageUnavailable:
+        # The bytes are kept: a later HEAD or PATCH finishes the upload.
+        raise Unavailable("The video cannot be stored right now; the upload is kept, "
+                          "ask for it with HEAD in a moment") from None
 
 
 @routes.options(TUS_PATH)
@@ -186,7 +199,7 @@ async def head(request: web.Request) -> web.Response:
         # A finish cut short (a crash, an outage): done now, once.
         async with store.hold(upload_id, user_id) as held:
             if held.upload.complete and not held.upload.finished:
-                await store.finish(held)
+                await _finish(store, held)
         upload = held.upload
     headers = {**_state(upload), "Upload-Length": str(upload.length),
                "Cache-Control": "no-store"}
@@ -253,8 +266,9 @@ async def tus_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
 
     async def make_video(author_id: int, title: str, description: str, staged: StagedFile,
-                         storage_key: str) -> dict[str, Any]:
-        return await create_video(app, author_id, title, description, staged, storage_key)
+                         storage_key: str, before_insert: Callable[[], None]) -> dict[str, Any]:
+        return await create_video(app, author_id, title, description, staged, storage_key,
+                                  before_insert)
 
     store = TusStore(app[DB_KEY], config.storage_dir, config.upload_expiry, make_video)
     app[TUS_KEY] = store

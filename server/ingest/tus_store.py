@@ -1,7 +1,9 @@
 """Resumable uploads on disk and in PostgreSQL: leases, streamed writes, finishing, expiry.
 
 Each upload is a row in `uploads` and a file STORAGE_DIR/tus/<id>, created by
-its first PATCH.
+its first PATCH. The file is on this node's disk whatever the media store is:
+with several nodes and S3, an upload's requests need affinity to one node (or
+a STORAGE_DIR the nodes share). Only the finished file goes to the media store.
 
 The lease. One PATCH at a time writes an upload, across every process: the
 writer holds a lease (`lock_token`, `locked_until` on the row) taken, renewed and
@@ -76,7 +78,9 @@ READ_FAILURES: tuple[type[BaseException], ...] = (
     *BODY_ERRORS, TimeoutError, asyncio.CancelledError,
 )
 
-CreateVideo = Callable[[int, str, str, StagedFile, str], Awaitable[dict[str, Any]]]
+# (author, title, description, staged file, storage key, check before the insert)
+CreateVideo = Callable[[int, str, str, StagedFile, str, Callable[[], None]],
+                       Awaitable[dict[str, Any]]]
 
 
 class UploadNotFound(NotFound):
@@ -328,7 +332,12 @@ class TusStore:
         Safe to repeat after a crash or a failure at any step: the planned file
         name is recorded first, so a video made by a finish whose answer was lost
         is found instead of made twice, and the upload's own file stays until the
-        video has it (a hard link, so no copy and no second disk space).
+        video has it (a hard link, so no copy and no second disk space). The file
+        is stored (with S3, uploaded) under the lease, which its renewal task
+        keeps, and no pooled connection waits on it; the lease is checked again
+        between the upload and the insert, so a finish that lost it meanwhile
+        gives up. A store that fails (503) leaves the upload complete and unfinished, its
+        bytes here: the next HEAD or PATCH finishes it.
         """
         upload = held.upload
         if upload.storage_key is not None:
@@ -355,7 +364,7 @@ class TusStore:
         await asyncio.to_thread(_link_or_copy, path, staged)
         row = await self._create_video(
             upload.owner_id, upload.title, upload.description,
-            StagedFile(staged, upload.length, content_type, extension), key)
+            StagedFile(staged, upload.length, content_type, extension), key, held.check)
         await self._finished(held, int(row["id"]))
         return int(row["id"])
 

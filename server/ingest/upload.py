@@ -1,4 +1,8 @@
-"""POST /videos/upload: a multipart upload streamed to disk, sniffed, and stored."""
+"""POST /videos/upload: a multipart upload streamed to disk, sniffed, and stored.
+
+The body is staged in STORAGE_DIR (with S3, the node's scratch disk) and goes to
+the media store once whole and sniffed (Catalog.create).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,10 +194,12 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def create_video(app: web.Application, author_id: int, title: str, description: str,
-                       staged: StagedFile, storage_key: str | None = None) -> dict[str, Any]:
+                       staged: StagedFile, storage_key: str | None = None,
+                       before_insert: Callable[[], None] | None = None) -> dict[str, Any]:
     """Turn a staged, sniffed file into a video row; both kinds of upload end here.
 
-    The file is moved into place under `storage_key` (a fresh one by default);
+    The file is stored under `storage_key` (a fresh one by default) by
+    Catalog.create, which runs `before_insert` between storing and inserting;
     if anything fails, the staged file is removed.
     """
     try:
@@ -203,7 +209,7 @@ async def create_video(app: web.Application, author_id: int, title: str, descrip
             "size": staged.size, "content_type": staged.content_type,
             "storage_key": storage_key or new_storage_key(staged.extension),
             "duration": duration,
-        }, staged.temp_path)
+        }, staged.temp_path, before_insert)
     except BaseException:
         await unlink(staged.temp_path)
         raise

@@ -66,7 +66,8 @@ STATUS_TEXT = {
     423: "Another request is writing this upload",
     429: "Rate limited; retry after Retry-After seconds",
     460: "The body did not match its Upload-Checksum",
-    503: "A dependency (PostgreSQL, Redis) is briefly unavailable, or the server sheds load; "
+    503: "A dependency (PostgreSQL, Redis, the bucket) is briefly unavailable, or the server "
+         "sheds load; "
          "retry after Retry-After seconds",
 }
 # What a JSON body's reading can answer (server.core.validation.read_json_object).
@@ -478,13 +479,17 @@ def catalog_paths(config: Config) -> dict[str, Schema]:
         "416 when no range can be satisfied (`Content-Range: bytes */size`); 304 and 412 "
         "answer the conditional headers. Every answer carries ETag, Last-Modified and "
         "Accept-Ranges. A private video's stream needs the signed URL its author got in "
-        "`stream_url` (403 otherwise).")
+        "`stream_url` (403 otherwise). With STREAM_REDIRECT=presigned every answer is a "
+        "302 to a presigned bucket URL instead. 503 when the file is not on this node and "
+        "the bucket cannot be reached.")
 
     def stream(op_id: str) -> Schema:
         return op(op_id, "videos", "Stream the video",
                   {200: stream_ok, 206: partial,
+                   302: {"description": "STREAM_REDIRECT=presigned: the bucket's presigned URL",
+                         "headers": {"Location": {"schema": TEXT}}},
                    304: {"description": STATUS_TEXT[304]}},
-                  (403, 404, 412, 416), params=stream_params, description=stream_doc)
+                  (403, 404, 412, 416, 503), params=stream_params, description=stream_doc)
 
     def artifact(op_id: str, summary: str, media: str) -> Schema:
         return op(op_id, "videos", summary,

@@ -1,0 +1,272 @@
+"""This node's read-through cache of bucket media, on local disk (CACHE_DIR).
+
+A stream is sent with sendfile from the cached file, exactly as from file
+storage. A request for a file not cached yet is answered at once by forwarding
+its range to the bucket, while the whole file is fetched into the cache in the
+background, once per node however many requests ask:
+
+- within a process, one fill task per key;
+- across the processes of a node sharing CACHE_DIR, a lock file
+  `.fill/<key>.lock` made with O_EXCL; a lock whose process is gone, or older
+  than FILL_STALE, is taken over.
+
+A fill writes `.fill/<key>.<pid>.part`, checks its size, fsyncs it and renames
+it into place, so a half-written file is never served; parts and locks left by
+a crash are removed when the cache starts. A full disk or a failed fill leaves
+nothing behind, and requests go on being forwarded. Files are evicted least
+recently used first to stay within CACHE_MAX_BYTES; a descriptor already open
+on an evicted file keeps reading it. Each process keeps its own account of the
+cache's bytes, seeded from the directory when it starts and kept up to date
+with the files it sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from server.core.storage import STORAGE_KEY_RE, StorageUnavailable
+
+from .store import MediaStore
+
+log = logging.getLogger(__name__)
+
+FILL_DIR = ".fill"
+FILL_STALE = 3600.0
+# Fills one process runs at once; more files wait their turn (and are forwarded meanwhile).
+MAX_FILLS = 4
+
+
+@dataclass(slots=True)
+class CacheCounts:
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    fill_failures: int = 0
+    evictions: int = 0
+
+    def families(self, cached_bytes: int, limit: int) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "tubelet_node_cache_requests", "Stream requests by whether this node's cache "
+            "had the file (hit) or the range was forwarded to the bucket (miss)",
+            labels=["result"])
+        requests.add_metric(["hit"], self.hits)
+        requests.add_metric(["miss"], self.misses)
+        fills = CounterMetricFamily("tubelet_node_cache_fills",
+                                    "Files fetched whole into the cache", labels=["result"])
+        fills.add_metric(["ok"], self.fills)
+        fills.add_metric(["failed"], self.fill_failures)
+        evictions = CounterMetricFamily("tubelet_node_cache_evictions",
+                                        "Files removed from the cache to make room or on delete")
+        evictions.add_metric([], self.evictions)
+        size = GaugeMetricFamily("tubelet_node_cache_bytes",
+                                 "Bytes in the node's cache, and its limit", labels=["kind"])
+        size.add_metric(["used"], cached_bytes)
+        size.add_metric(["limit"], limit)
+        return [requests, fills, evictions, size]
+
+
+class NodeCache:
+    def __init__(self, store: MediaStore, directory: Path, max_bytes: int) -> None:
+        self.store = store
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._fill_dir = directory / FILL_DIR
+        # Least recently used first.
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0
+        self._fills: dict[str, asyncio.Task[None]] = {}
+        # Evicted while a fill of them ran: the fill must not put them back.
+        self._dropped: set[str] = set()
+        self._slots = asyncio.Semaphore(MAX_FILLS)
+        self.counts = CacheCounts()
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    def path(self, key: str) -> Path:
+        return self.directory / key
+
+    async def start(self) -> None:
+        found = await asyncio.to_thread(self._scan)
+        for key, size in found:
+            self._remember(key, size)
+        await self._make_room(0)
+
+    def _scan(self) -> list[tuple[str, int]]:
+        self._fill_dir.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(self._fill_dir):
+            if _leftover(Path(entry.path)):
+                _remove(Path(entry.path))
+        files = []
+        for entry in os.scandir(self.directory):
+            if STORAGE_KEY_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                files.append((stat.st_mtime, entry.name, stat.st_size))
+        return [(name, size) for _, name, size in sorted(files)]
+
+    def _remember(self, key: str, size: int) -> None:
+        old = self._sizes.pop(key, None)
+        if old is not None:
+            self._bytes -= old
+        self._sizes[key] = size
+        self._bytes += size
+
+    def used(self, key: str, size: int) -> None:
+        """A cached file was opened: it is now the most recently used."""
+        if key in self._sizes:
+            self._sizes.move_to_end(key)
+        else:
+            self._remember(key, size)  # filled by another process of this node
+
+    def want(self, key: str, size: int) -> None:
+        """A request found `key` not cached: fetch it in the background unless under way."""
+        self.counts.misses += 1
+        if key in self._fills or size > self.max_bytes:
+            return
+        task = asyncio.ensure_future(self._fill(key, size))
+        self._fills[key] = task
+        task.add_done_callback(lambda _: self._fills.pop(key, None))
+
+    async def wait_fills(self) -> None:
+        """Until the fills under way now have ended (tests and the benchmark)."""
+        if self._fills:
+            await asyncio.gather(*list(self._fills.values()), return_exceptions=True)
+
+    async def _fill(self, key: str, size: int) -> None:
+        async with self._slots:
+            lock = self._fill_dir / f"{key}.lock"
+            if not await asyncio.to_thread(_take_lock, lock):
+                return  # another process of this node is fetching it
+            part = self._fill_dir / f"{key}.{os.getpid()}.part"
+            try:
+                await self._make_room(size)
+                self._dropped.discard(key)
+                await self.store.fetch(key, part)
+                got = (await asyncio.to_thread(os.stat, part)).st_size
+                if got != size:
+                    raise OSError(f"fetched {got} bytes, expected {size}")
+                if key in self._dropped:
+                    return
+                await asyncio.to_thread(os.replace, part, self.path(key))
+                self._remember(key, size)
+                self.counts.fills += 1
+            except (OSError, StorageUnavailable) as exc:
+                # FileNotFoundError included: the object was deleted meanwhile.
+                self.counts.fill_failures += 1
+                log.warning("could not cache %s: %s", key, exc)
+            finally:
+                await asyncio.to_thread(_remove, part)
+                await asyncio.to_thread(_remove, lock)
+
+    async def _make_room(self, size: int) -> None:
+        while self._sizes and self._bytes + size > self.max_bytes:
+            key, _ = next(iter(self._sizes.items()))
+            await self.evict(key)
+
+    async def evict(self, key: str) -> None:
+        """Remove a file from this node's cache (a delete, or room for another)."""
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self._bytes -= size
+            self.counts.evictions += 1
+        if key in self._fills:
+            self._dropped.add(key)
+        await asyncio.to_thread(_remove, self.path(key))
+
+    async def read_small(self, key: str) -> bytes:
+        """A small file (a poster, a storyboard) whole, through the cache."""
+        try:
+            data = await asyncio.to_thread(self.path(key).read_bytes)
+        except FileNotFoundError:
+            pass
+        else:
+            self.counts.hits += 1
+            self.used(key, len(data))
+            return data
+        self.counts.misses += 1
+        data = await self.store.get_bytes(key)
+        if len(data) <= self.max_bytes:
+            try:
+                await self._make_room(len(data))
+                part = self._fill_dir / f"{key}.small.{os.getpid()}.part"
+                await asyncio.to_thread(_write_into_place, part, self.path(key), data)
+                self._remember(key, len(data))
+            except OSError as exc:
+                log.warning("could not cache %s: %s", key, exc)
+        return data
+
+    async def close(self) -> None:
+        for task in list(self._fills.values()):
+            task.cancel()
+        await self.wait_fills()
+
+
+def _owner_alive(pid: str) -> bool:
+    """Whether the process that left a lock or a part still runs. Our own pid is an
+    earlier process's (containers reuse pids): this one knows its own fills."""
+    try:
+        number = int(pid)
+        os.kill(number, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return number != os.getpid()
+
+
+def _leftover(path: Path) -> bool:
+    """A part or lock of a fill whose process is gone."""
+    if path.name.endswith(".part"):
+        return not _owner_alive(path.name.split(".")[-2])
+    return path.name.endswith(".lock") and _stale_lock(path)
+
+
+def _stale_lock(lock: Path) -> bool:
+    try:
+        pid = lock.read_text(encoding="ascii").strip()
+        age = time.time() - lock.stat().st_mtime
+    except (FileNotFoundError, UnicodeDecodeError):
+        return True
+    return age > FILL_STALE or not _owner_alive(pid)
+
+
+def _take_lock(lock: Path) -> bool:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _stale_lock(lock):
+                return False
+            _remove(lock)
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _write_into_place(part: Path, target: Path, data: bytes) -> None:
+    try:
+        with open(part, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, target)
+    finally:
+        _remove(part)
