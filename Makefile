@@ -1,5 +1,6 @@
 # `make run` serves on http://127.0.0.1:8080; `make test` runs the suite; `make help` lists targets.
-# Both start an embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set.
+# Both start an embedded PostgreSQL, Redis and S3 (SeaweedFS) unless DATABASE_URL / REDIS_URL /
+# STORAGE_URL are set.
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -12,8 +12,10 @@ deleted or no longer playable leaves the node's cache too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,11 +77,20 @@ class Senders:
         self.streams: set[asyncio.BaseTransport] = set()
 
     def cut_off(self) -> int:
-        """Close the connections still sending; how many there were."""
+        """Close the connections still sending; how many there were.
+
+        Shut down, not aborted: a transport aborted under loop.sendfile leaves the
+        sendfile waiting for ever (CPython 3.11), with the handler and the file's
+        descriptor; after a shutdown the send fails and the handler closes it."""
         cut = 0
         for transport in list(self.streams):
             if not transport.is_closing():
-                transport.abort()  # type: ignore[attr-defined]
+                sock = transport.get_extra_info("socket")
+                if sock is None:
+                    transport.abort()  # type: ignore[attr-defined]
+                else:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
                 cut += 1
         self.streams.clear()
         return cut

@@ -6,9 +6,9 @@ its range to the bucket, while the whole file is fetched into the cache in the
 background, once per node however many requests ask:
 
 - within a process, one fill task per key;
-- across the processes of a node sharing CACHE_DIR, a lock file
-  `.fill/<key>.lock` made with O_EXCL; a lock whose process is gone, or older
-  than FILL_STALE, is taken over.
+- across the processes of a node sharing CACHE_DIR, an flock on
+  `.fill/<key>.lock`, which the kernel lets go of when its process ends, however
+  it ends; the holder removes the file before letting go.
 
 A fill writes `.fill/<key>.<pid>.part`, checks its size, fsyncs it and renames
 it into place, so a half-written file is never served; parts and locks left by
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,6 @@ from .store import MediaStore
 log = logging.getLogger(__name__)
 
 FILL_DIR = ".fill"
-FILL_STALE = 3600.0
 # Fills one process runs at once; more files wait their turn (and are forwarded meanwhile).
 MAX_FILLS = 4
 
@@ -146,10 +145,19 @@ class NodeCache:
     async def _fill(self, key: str, size: int) -> None:
         async with self._slots:
             lock = self._fill_dir / f"{key}.lock"
-            if not await asyncio.to_thread(_take_lock, lock):
-                return  # another process of this node is fetching it
             part = self._fill_dir / f"{key}.{os.getpid()}.part"
             try:
+                held = await asyncio.to_thread(_take_lock, lock)
+            except OSError as exc:
+                self.counts.fill_failures += 1
+                log.warning("could not cache %s: %s", key, exc)
+                return
+            if held is None:
+                return  # another process of this node is fetching it
+            try:
+                if await asyncio.to_thread(_size_of, self.path(key)) == size:
+                    self._remember(key, size)  # another process filled it meanwhile
+                    return
                 await self._make_room(size)
                 self._dropped.discard(key)
                 await self.store.fetch(key, part)
@@ -161,13 +169,15 @@ class NodeCache:
                 await asyncio.to_thread(os.replace, part, self.path(key))
                 self._remember(key, size)
                 self.counts.fills += 1
+                # Fills that ran at once each made room for themselves alone.
+                await self._make_room(0)
             except (OSError, StorageUnavailable) as exc:
                 # FileNotFoundError included: the object was deleted meanwhile.
                 self.counts.fill_failures += 1
                 log.warning("could not cache %s: %s", key, exc)
             finally:
                 await asyncio.to_thread(_remove, part)
-                await asyncio.to_thread(_remove, lock)
+                await asyncio.to_thread(_release_lock, lock, held)
 
     async def _make_room(self, size: int) -> None:
         while self._sizes and self._bytes + size > self.max_bytes:
@@ -202,6 +212,7 @@ class NodeCache:
                 part = self._fill_dir / f"{key}.small.{os.getpid()}.part"
                 await asyncio.to_thread(_write_into_place, part, self.path(key), data)
                 self._remember(key, len(data))
+                await self._make_room(0)
             except OSError as exc:
                 log.warning("could not cache %s: %s", key, exc)
         return data
@@ -213,7 +224,7 @@ class NodeCache:
 
 
 def _owner_alive(pid: str) -> bool:
-    """Whether the process that left a lock or a part still runs. Our own pid is an
+    """Whether the process that left a part still runs. Our own pid is an
     earlier process's (containers reuse pids): this one knows its own fills."""
     try:
         number = int(pid)
@@ -226,34 +237,58 @@ def _owner_alive(pid: str) -> bool:
 
 
 def _leftover(path: Path) -> bool:
-    """A part or lock of a fill whose process is gone."""
+    """A part of a fill whose process is gone, or a lock nobody holds."""
     if path.name.endswith(".part"):
         return not _owner_alive(path.name.split(".")[-2])
-    return path.name.endswith(".lock") and _stale_lock(path)
-
-
-def _stale_lock(lock: Path) -> bool:
-    try:
-        pid = lock.read_text(encoding="ascii").strip()
-        age = time.time() - lock.stat().st_mtime
-    except (FileNotFoundError, UnicodeDecodeError):
-        return True
-    return age > FILL_STALE or not _owner_alive(pid)
-
-
-def _take_lock(lock: Path) -> bool:
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            if not _stale_lock(lock):
-                return False
-            _remove(lock)
-            continue
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(str(os.getpid()))
-        return True
+    if not path.name.endswith(".lock"):
+        return False
+    held = _take_lock(path)
+    if held is not None:
+        _release_lock(path, held)
     return False
+
+
+def _take_lock(lock: Path) -> int | None:
+    """A descriptor holding an flock on `lock`, or None while another process holds it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder before us removed the file after we opened it: lock the new one.
+            if _inode_of(lock) == os.fstat(fd).st_ino:
+                with contextlib.suppress(OSError):  # the pid is for people; a full disk
+                    os.ftruncate(fd, 0)
+                    os.write(fd, str(os.getpid()).encode("ascii"))
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _release_lock(lock: Path, fd: int) -> None:
+    # Removed while still held, so a process that opened it meanwhile sees it replaced.
+    try:
+        _remove(lock)
+    finally:
+        os.close(fd)
+
+
+def _inode_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _remove(path: Path) -> None:
