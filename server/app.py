@@ -18,6 +18,8 @@ from server.core.redis_client import bus_ctx, redis_ctx
 from server.delivery import handler as delivery
 from server.ingest import tus
 from server.ingest import upload as ingest
+from server.live import chat as room_chat
+from server.live import handlers as rooms
 from server.moderation import handlers as moderation
 from server.ops import health, metrics, openapi
 from server.social import handlers as social
@@ -61,6 +63,8 @@ def create_app(config: Config) -> web.Application:
     social.setup(app)
     moderation.setup(app)
     presence.setup(app)
+    rooms.setup(app)
+    room_chat.setup(app)
     pages.setup(app)
     # Last, so every feature has registered its pub/sub handlers first.
     app.cleanup_ctx.append(bus_ctx)

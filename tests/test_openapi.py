@@ -33,8 +33,9 @@ from .browser import launch
 from .conftest import login, query, register, upload_ready
 from .media_clips import h264_mp4  # noqa: F401
 
-# Routes the document leaves out on purpose: HTML pages, static files, the viewer WebSocket.
-NOT_JSON = PAGE_ROUTES | {"page_docs", "static", "favicon", "active_viewers"}
+# Routes the document leaves out on purpose: HTML pages, static files, the WebSockets.
+NOT_JSON = PAGE_ROUTES | {"page_docs", "static", "favicon", "active_viewers",
+                           "room_chat"}
 # Operations the tour does not call: uploads (tests/test_tus.py, tests/test_videos.py and
 # tests/test_profiles.py drive them) and what needs a processed video or a metrics token.
 NOT_TOURED = {
@@ -313,6 +314,21 @@ async def test_a_tour_of_the_api_answers_as_documented(api: Api, h264_mp4: Path)
     await api.json("get", "/search", params={"q": "tour"})
     await api.json("get", "/search", params={"q": "#cats"})
     await api.json("get", "/search", status=422)
+
+    # Rooms: created, listed, joined, ended; LiveKit's webhook refuses what it did not sign.
+    room = await api.json("post", "/rooms", token, json={"name": "Tour room"}, status=201)
+    await api.json("post", "/rooms", token, json={"name": ""}, status=422)
+    await api.json("get", "/rooms", params={"limit": "1"})
+    await api.json("get", f"/rooms/{room['id']}")
+    await api.json("get", "/rooms/999999", status=404)
+    await api.json("post", f"/rooms/{room['id']}/join", status=401)
+    await api.json("post", f"/rooms/{room['id']}/join", viewer_token)
+    await api.json("get", f"/rooms/{room['id']}/messages", params={"limit": "10"})
+    await api.json("get", f"/rooms/{room['id']}/messages", params={"limit": "0"}, status=422)
+    await api.json("post", f"/rooms/{room['id']}/end", viewer_token, status=403)
+    await api.json("post", f"/rooms/{room['id']}/end", token)
+    await api.json("post", f"/rooms/{room['id']}/join", viewer_token, status=409)
+    await api.json("post", "/livekit/webhook", data="{}", status=401)
 
     # Reports and moderation: the viewer reports; an admin acts.
     report = await api.json("post", "/reports", viewer_token, json={

@@ -29,6 +29,7 @@ BY_OWNERSHIP: dict[Action, dict[Role, str]] = {
        for action in (Action.VIDEO_EDIT, Action.VIDEO_DELETE, Action.COMMENT_EDIT,
                       Action.COMMENT_DELETE, Action.PROFILE_EDIT)},
     Action.VIDEO_SEE_HIDDEN: {U: "---Y-", M: "YYYYY", A: "YYYYY"},
+    Action.ROOM_END: {U: "---Y-", M: "YYYYY", A: "YYYYY"},
     Action.MODERATION_READ: {U: "-----", M: "YYYYY", A: "YYYYY"},
     # Setting roles: admins, on anyone but themselves.
     Action.ROLE_SET: {U: "-----", M: "-----", A: "YYY-Y"},

@@ -5,16 +5,19 @@ node's cache on delete, and a 503 (never a 500) when the bucket cannot be reache
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from server.core.keys import DB_KEY
 from server.core.storage import StorageLocation
 from server.delivery.handler import FILES_KEY
-from server.storage.keys import NODE_CACHE_KEY
+from server.storage.keys import NODE_CACHE_KEY, drop_unnamed
 
 from .conftest import fake_mp4, make_ready, new_user_token, until
 from .test_streaming import parse_multipart
@@ -255,3 +258,61 @@ async def test_a_stream_forwarded_from_the_bucket_is_cut_off_by_a_delete(node, h
                         break
                     await asyncio.sleep(0.05)
     assert (await other.get(f"/videos/{video['id']}/stream")).status == 404
+
+
+def open_deleted(key: str) -> list[str]:
+    """This process's descriptors on a removed file named `key`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if key in target and target.endswith("(deleted)"):
+                found.append(target)
+    return found
+
+
+async def test_the_most_used_file_stays_and_evicted_files_are_closed(node):
+    client = await node(cache_max_bytes=int(SIZE * 2.5))
+    token = await new_user_token(client)
+    app = client.server.app
+    cache = app[NODE_CACHE_KEY]
+    videos = [await upload_ready(client, token, fake_mp4(SIZE, seed=20 + i)) for i in range(3)]
+    paths = []
+    for video in videos:
+        loaded = await app[FILES_KEY].load(video["id"])
+        assert loaded is not None
+        paths.append(loaded.path)
+    await cache.wait_fills()
+    for path in paths:
+        await cache.evict(path.name)  # start cold: the uploads' own node filled nothing yet
+    first, second, third = (f"/videos/{video['id']}/stream" for video in videos)
+    for url in (first, second):
+        assert (await client.get(url)).status == 200
+        await cache.wait_fills()
+        assert (await client.get(url, headers={"Range": "bytes=0-99"})).status == 206
+    # The first file is opened once and then served from its kept descriptor, often.
+    for _ in range(5):
+        assert (await client.get(first, headers={"Range": "bytes=0-99"})).status == 206
+    assert (await client.get(third)).status == 200
+    await cache.wait_fills()
+    assert paths[0].exists() and paths[2].exists()
+    assert not paths[1].exists()  # the least recently used went
+    assert cache.cached_bytes <= cache.max_bytes
+    # And nothing holds the evicted file open: its space is free.
+    assert open_deleted(paths[1].name) == []
+
+
+async def test_files_no_row_names_are_dropped_from_the_cache(node):
+    client = await node()
+    video, cached = await stored_video(client)
+    cache = client.server.app[NODE_CACHE_KEY]
+    await cache.wait_fills()
+    assert (await client.get(f"/videos/{video['id']}/stream")).status == 200
+    await cache.wait_fills()
+    assert cached.exists()
+    stray = cache.path("0123456789abcdef0123456789abcdef.mp4")
+    stray.write_bytes(b"left by a video deleted while this node was away")
+    await cache.start()  # a restart finds it
+    assert await drop_unnamed(cache, client.server.app[DB_KEY]) == 1
+    assert not stray.exists()
+    assert cached.exists()

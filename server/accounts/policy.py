@@ -31,6 +31,8 @@ class Action(StrEnum):
     PROFILE_EDIT = "profile.edit"
     # Owners, and moderators reviewing reports.
     VIDEO_SEE_HIDDEN = "video.see_hidden"
+    # Owners, and moderators closing any live room.
+    ROOM_END = "room.end"
     # Moderators and admins.
     MODERATION_READ = "moderation.read"
     VIDEO_REMOVE = "video.remove"
@@ -65,7 +67,7 @@ def allowed(role: Role, action: Action, *, owner: bool = False,
     """
     if action in OWNER_ONLY:
         return owner
-    if action is Action.VIDEO_SEE_HIDDEN:
+    if action in (Action.VIDEO_SEE_HIDDEN, Action.ROOM_END):
         return owner or RANK[role] >= RANK[Role.MODERATOR]
     if action in MODERATOR_ACTIONS:
         if RANK[role] < RANK[Role.MODERATOR]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import os
 import secrets
@@ -96,6 +98,18 @@ ENVIRONMENT: tuple[Variable, ...] = (
              "PostgreSQL text-search configuration for stemming new videos and queries"),
     Variable("TRENDING_REFRESH", "trending_refresh",
              "seconds between recomputations of the trending ranking"),
+    Variable("LIVEKIT_URL", "livekit_url",
+             "the LiveKit server (wss://...) rooms' media go through; unset: rooms without "
+             "a media server", "empty"),
+    Variable("LIVEKIT_API_KEY", "livekit_api_key",
+             "LiveKit API key: signs tokens, checks webhooks"),
+    Variable("LIVEKIT_API_SECRET", "livekit_api_secret", "LiveKit API secret",
+             "derived from JWT_SECRET"),
+    Variable("LIVEKIT_TOKEN_TTL", "livekit_token_ttl", "seconds a room's join token stays valid"),
+    Variable("ROOMS_GUESTS", "rooms_guests",
+             "1: people not signed in may join rooms to watch, listen and chat", "0"),
+    Variable("RATE_LIMIT_CHAT", "rate_limit_chat",
+             "chat messages per participant (and per address), COUNT/SECONDS"),
     Variable("MAX_UPLOAD_BYTES", "max_upload_bytes", "largest accepted video file"),
     Variable("UPLOAD_EXPIRY", "upload_expiry",
              "seconds an unfinished resumable upload is kept after its last byte arrived"),
@@ -220,6 +234,21 @@ class Config:
     stream_url_ttl: int = 6 * 3600
     search_language: str = "english"
     trending_refresh: float = 300.0
+    livekit_url: str | None = None
+    livekit_api_key: str = "tubelet"
+    # None: derived from jwt_secret, so every instance agrees without more configuration.
+    livekit_api_secret: str | None = field(default=None, repr=False)
+    livekit_token_ttl: int = 3600
+    rooms_guests: bool = False
+    rate_limit_chat: RateSpec = RateSpec(10, 10)
+
+    @property
+    def livekit_secret(self) -> str:
+        """The LiveKit API secret: LIVEKIT_API_SECRET, or one derived from JWT_SECRET."""
+        if self.livekit_api_secret is not None:
+            return self.livekit_api_secret
+        return hmac.new(self.jwt_secret.encode(), b"tubelet livekit api secret",
+                        hashlib.sha256).hexdigest()
 
     @property
     def node_cache_dir(self) -> Path:
@@ -255,6 +284,13 @@ class Config:
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", base.refresh_token_ttl, low=1),
             bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", base.bcrypt_rounds, low=4, high=16),
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", base.max_upload_bytes, low=1),
+            livekit_url=_livekit_url(env.get("LIVEKIT_URL", "")),
+            livekit_api_key=(env.get("LIVEKIT_API_KEY") or base.livekit_api_key).strip(),
+            livekit_api_secret=(env.get("LIVEKIT_API_SECRET") or "").strip() or None,
+            livekit_token_ttl=_int(env, "LIVEKIT_TOKEN_TTL", base.livekit_token_ttl,
+                                   low=60, high=24 * 3600),
+            rooms_guests=env.get("ROOMS_GUESTS", "0").strip().lower() in {"1", "true", "yes"},
+            rate_limit_chat=_rate(env, "RATE_LIMIT_CHAT", base.rate_limit_chat),
             upload_expiry=_int(env, "UPLOAD_EXPIRY", base.upload_expiry, low=1),
             stream_cache_seconds=_int(
                 env, "STREAM_CACHE_SECONDS", base.stream_cache_seconds, low=0
@@ -381,6 +417,15 @@ def _storage_dir(env: Mapping[str, str], default: Path) -> Path:
         assert location.path is not None
         return location.path
     return Path(env.get("STORAGE_DIR") or default)
+
+
+def _livekit_url(raw: str) -> str | None:
+    url = raw.strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ConfigError("LIVEKIT_URL must be a ws://, wss://, http:// or https:// URL")
+    return url
 
 
 def _metrics_token(raw: str) -> str | None:

@@ -10,6 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
+from .clients import from_trusted_proxy
+from .errors import Forbidden
+from .keys import CONFIG_KEY
+
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -52,3 +58,16 @@ def origin_allowed(origin: str | None, own: str | None, allowed: Iterable[str]) 
     if candidate == own:
         return True
     return candidate in {normalise_origin(item) for item in allowed}
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse requests made by pages of other origins (a viewer socket, a progress report,
+    a room's chat): they would act for their visitors."""
+    config = request.app[CONFIG_KEY]
+    scheme = request.scheme
+    proto = request.headers.get("X-Forwarded-Proto")
+    if proto and from_trusted_proxy(request.remote, config.trusted_proxies):
+        scheme = proto.split(",", 1)[0].strip().lower()
+    own = own_origin(scheme, request.host)
+    if not origin_allowed(request.headers.get("Origin"), own, config.allowed_origins):
+        raise Forbidden("Requests from this origin are not allowed", "origin_not_allowed")

@@ -195,6 +195,8 @@ class VideoFileCache:
                     self._close(video_id)
                     raise FileNotFoundError(str(video.path))
                 handle.checked = now
+            if self.node_cache is not None:
+                self.node_cache.used(video.key, video.size)
             return handle.acquire(transport)
         handle = OpenFile(os.open(video.path, os.O_RDONLY))
         if self.node_cache is not None:
@@ -224,6 +226,13 @@ class VideoFileCache:
         handle = self._files.pop(video_id)
         if handle is not None:
             handle.release()
+
+    def close_key(self, key: str) -> None:
+        """Close the kept descriptor of a file the node's cache evicted, freeing its space."""
+        for video_id in list(self._files):
+            cached = self._hits.get(video_id)
+            if cached is not None and cached.key == key:
+                self._close(video_id)
 
     def peek(self, video_id: int) -> VideoFile | None:
         return self._hits.get(video_id)
@@ -270,6 +279,8 @@ class VideoFiles:
         # STREAM_REDIRECT=presigned: streams answer with a redirect to the bucket.
         self.redirect: Redirects | None = None
         self.cache = VideoFileCache(node_cache=node_cache)
+        if node_cache is not None:
+            node_cache.on_evict.append(self.cache.close_key)
         self._loads: SingleFlight[int, VideoFile | None] = SingleFlight()
         self._checks: set[asyncio.Future[None]] = set()
 

@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 
+from server.core.storage import StorageUnavailable
+
 from .ranges import format_http_date
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,9 @@ def abandon(request: web.BaseRequest, exc: Exception) -> None:
     """
     transport = request.transport
     # asyncio raises RuntimeError for a sendfile on a transport that is closing.
-    client_gone = isinstance(exc, ConnectionError) or (
+    # The bucket failing while its ranges are forwarded is an outage, not a client leaving.
+    client_gone = (isinstance(exc, ConnectionError)
+                   and not isinstance(exc, StorageUnavailable)) or (
         isinstance(exc, RuntimeError) and (transport is None or transport.is_closing()))
     if client_gone:
         log.debug("client left during %s: %s", request.path, exc)

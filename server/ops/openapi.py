@@ -11,8 +11,9 @@ those lists against the code, every route against the document, and real
 responses against its schemas.
 
 It is built once per application, from its configuration, and served as bytes.
-Pages (HTML), static files, the viewer WebSocket (`GET /videos/{id}/active-viewers`)
-and /docs (a page rendering this document) are not part of it.
+Pages (HTML), static files, the viewer WebSocket (`GET /videos/{id}/active-viewers`),
+a room's chat WebSocket (`GET /rooms/{id}/chat`) and /docs (a page rendering this
+document) are not part of it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ ACTION_REASON_MAX = 500
 REPORT_NOTE_MAX = 1000
 SEARCH_MAX = 200
 PAGE_MAX = 100
+# Live rooms (server.live, which ops may not import; tests/test_rooms.py compares).
+ROOM_NAME_MAX = 100
+ROOM_MAX_PARTICIPANTS = 1000
+GUEST_NAME_MAX = 50
+ROOM_STATUSES = ("active", "ended")
+CHAT_BODY_MAX = 1000
+CHAT_PAGE_DEFAULT = 50
+WEBHOOK_MAX_BODY = 64 * 1024
 
 STATUS_TEXT = {
     304: "Not modified: the cached copy is current",
@@ -244,6 +253,7 @@ def schemas(config: Config) -> dict[str, Schema]:
             "details": {"type": "object"}, "at": WHEN,
         }),
         "LogPage": page_of("LogEntry"),
+        **room_schemas(),
         # Requests.
         "Credentials": body_object({
             "email": {"type": "string", "maxLength": 254},
@@ -309,6 +319,60 @@ def schemas(config: Config) -> dict[str, Schema]:
             "session": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                         "description": "One id per playback, chosen by the client"},
         }, ("position", "playing", "session")),
+    }
+
+
+def room_schemas() -> dict[str, Schema]:
+    room: dict[str, Schema] = {
+        "id": ID, "name": TEXT, "owner_id": ID,
+        "status": {"type": "string", "enum": list(ROOM_STATUSES)},
+        "created_at": WHEN,
+        "livekit_url": nullable(TEXT) | {"description": "The LiveKit server to connect to "
+                                                        "(LIVEKIT_URL); null when unset"},
+        "livekit_room": TEXT | {"description": "The room's name in LiveKit"},
+        "max_participants": nullable({"type": "integer", "minimum": 1,
+                                      "maximum": ROOM_MAX_PARTICIPANTS}),
+        "participant_count": COUNT | {"description": "People in the room now"},
+    }
+    return {
+        "Room": closed(room, ("participant_count",)),
+        "RoomDetail": closed({**room, "participants": {
+            "type": "array", "items": ref("Participant"),
+            "description": "Who is in the room now, earliest first; empty once ended"}},
+            ("participant_count",)),
+        "Participant": closed({
+            "identity": TEXT | {"description": "`user-<id>` for accounts, `guest-...` for "
+                                               "guests"},
+            "name": TEXT, "joined_at": WHEN}),
+        "RoomPage": page_of("Room"),
+        "JoinToken": closed({
+            "token": TEXT | {"description": "A LiveKit access token for this room alone"},
+            "livekit_url": nullable(TEXT),
+            "identity": TEXT,
+        }),
+        "WebhookAck": closed({"ok": {"const": True}}),
+        "RoomMessage": closed({
+            "id": ID, "room_id": ID, "identity": TEXT, "name": TEXT,
+            "body": {"type": "string", "minLength": 1, "maxLength": CHAT_BODY_MAX,
+                     "description": "Plain text, as written: escape it to show it"},
+            "created_at": WHEN,
+        }),
+        "RoomMessagePage": closed({
+            "messages": {"type": "array", "items": ref("RoomMessage"),
+                         "description": "Newest first"},
+            "next": nullable(ID) | {"description": "Pass as `before` for older messages; "
+                                                   "null on the last page"},
+        }),
+        "NewRoom": body_object({
+            "name": {"type": "string", "minLength": 1, "maxLength": ROOM_NAME_MAX},
+            "max_participants": nullable({"type": "integer", "minimum": 1,
+                                          "maximum": ROOM_MAX_PARTICIPANTS}),
+        }, ("name",)),
+        "JoinRequest": body_object({
+            "name": nullable({"type": "string", "maxLength": GUEST_NAME_MAX}) | {
+                "description": "A guest's display name (default `Guest`); ignored for "
+                               "accounts, whose name is their profile's"},
+        }),
     }
 
 
@@ -742,6 +806,66 @@ def moderation_paths() -> dict[str, Schema]:
     }
 
 
+def rooms_paths() -> dict[str, Schema]:
+    room = path_id("room")
+    join = op("join_room", "rooms", "A LiveKit access token for the room",
+              {200: ok("JoinToken")}, (401, 403, 404, 409, 415, 422), auth="optional",
+              params=(room,),
+              description="Signed-in users get `user-<id>` with their profile's name and may "
+                          "publish camera, microphone and screen. Without a token, 401 unless "
+                          "ROOMS_GUESTS is on: then a guest (`guest-...`, the body's `name`) "
+                          "may only subscribe and chat. 409 `room_ended`, or `room_full` "
+                          "when max_participants are in. The token is valid "
+                          "LIVEKIT_TOKEN_TTL seconds.")
+    join["requestBody"] = {"required": False, "content": {JSON: {"schema": ref("JoinRequest")}}}
+    for status in BODY_ERRORS:
+        join["responses"][str(status)] = {"$ref": f"#/components/responses/{status}"}
+    join["responses"] = dict(sorted(join["responses"].items()))
+    return {
+        "/rooms": {
+            "get": op("rooms", "rooms", "Active rooms, newest first", {200: ok("RoomPage")},
+                      (422,), params=(LIMIT, NUMERIC_CURSOR)),
+            "post": op("create_room", "rooms", "Create a room", {201: ok("Room", "Created")},
+                       (429,), auth="required", body="NewRoom",
+                       description="Also created in LiveKit when LIVEKIT_URL is set. 429 past "
+                                   "RATE_LIMIT_UPLOAD per account and address."),
+        },
+        "/rooms/{id}": {"get": op(
+            "room", "rooms", "A room, with who is in it now", {200: ok("RoomDetail")},
+            (404,), params=(room,))},
+        "/rooms/{id}/end": {"post": op(
+            "end_room", "rooms", "End a room", {200: ok("Room")}, (404, 409),
+            auth="required", params=(room,),
+            description="Its owner, moderators and admins (403 for others). Disconnects "
+                        "everyone in LiveKit; 409 `room_ended` when already ended.")},
+        "/rooms/{id}/join": {"post": join},
+        "/rooms/{id}/messages": {"get": op(
+            "room_messages", "rooms", "A room's chat history, newest first",
+            {200: ok("RoomMessagePage")}, (404, 422),
+            params=(room, query("before", {"type": "integer", "minimum": 1, "maximum": ID_MAX},
+                                "The `next` of the page before"),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
+                                    "default": CHAT_PAGE_DEFAULT}, "Messages per page")),
+            description="Live messages come over the WebSocket `/rooms/{id}/chat`, which "
+                        "this document does not describe.")},
+        "/livekit/webhook": {"post": {
+            "operationId": "livekit_webhook", "tags": ["rooms"],
+            "summary": "LiveKit's webhook: who joined and left, rooms started and finished",
+            "description": "Sent by the LiveKit server, never by clients. `Authorization` "
+                           "carries LiveKit's JWT (signed with the API secret, the body's "
+                           "SHA-256 in its `sha256` claim). Unsigned, tampered or stale "
+                           "(created_at more than 10 minutes away) events are 401 "
+                           "`invalid_webhook`; events of unknown rooms are ignored (200). "
+                           f"Bodies over {WEBHOOK_MAX_BODY} bytes are 413.",
+            "security": [{"livekitWebhook": []}],
+            "requestBody": {"required": True, "content": {
+                "application/webhook+json": {"schema": {"type": "object"}}}},
+            "responses": {"200": ok("WebhookAck"),
+                          **{str(status): {"$ref": f"#/components/responses/{status}"}
+                             for status in (401, 413, 503)}}}},
+    }
+
+
 def ops_paths() -> dict[str, Schema]:
     return {
         "/healthz": {"get": {
@@ -769,7 +893,7 @@ def ops_paths() -> dict[str, Schema]:
 
 def build_document(config: Config) -> dict[str, Any]:
     paths = {**ops_paths(), **accounts_paths(), **catalog_paths(config), **tus_paths(config),
-             **social_paths(), **moderation_paths()}
+             **social_paths(), **moderation_paths(), **rooms_paths()}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -781,11 +905,12 @@ def build_document(config: Config) -> dict[str, Any]:
                 "bodies as application/json. Sign in with POST /auth/login and send the "
                 "access token as `Authorization: Bearer <token>`. Lists are pages of "
                 "`items` with a `next_cursor`. Live viewer counts come over a WebSocket at "
-                "`/videos/{id}/active-viewers`, which this document does not describe."),
+                "`/videos/{id}/active-viewers`, and a room's chat at `/rooms/{id}/chat`, "
+                "which this document does not describe."),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": name} for name in ("accounts", "videos", "uploads", "social",
-                                            "feeds", "moderation", "ops")],
+                                            "feeds", "moderation", "rooms", "ops")],
         "paths": paths,
         "components": {
             "schemas": schemas(config),
@@ -795,6 +920,8 @@ def build_document(config: Config) -> dict[str, Any]:
                                "description": "The access token from /auth/login"},
                 "metricsToken": {"type": "http", "scheme": "bearer",
                                  "description": "METRICS_TOKEN, for /metrics alone"},
+                "livekitWebhook": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                   "description": "LiveKit's signed webhook token"},
             },
         },
     }

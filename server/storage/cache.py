@@ -27,7 +27,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,9 @@ class NodeCache:
         self._dropped: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_FILLS)
         self.counts = CacheCounts()
+        # Told of every file evicted, so descriptors kept on it are closed and its
+        # space is freed (the stream's open-file cache).
+        self.on_evict: list[Callable[[str], None]] = []
 
     @property
     def cached_bytes(self) -> int:
@@ -107,12 +112,31 @@ class NodeCache:
         for entry in os.scandir(self._fill_dir):
             if _leftover(Path(entry.path)):
                 _remove(Path(entry.path))
+        return self._scan_files()
+
+    def _scan_files(self) -> list[tuple[str, int]]:
+        """The cached files, (key, size), oldest first. Blocking."""
         files = []
         for entry in os.scandir(self.directory):
             if STORAGE_KEY_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
                 files.append((stat.st_mtime, entry.name, stat.st_size))
         return [(name, size) for _, name, size in sorted(files)]
+
+    def _resync(self, found: list[tuple[str, int]]) -> None:
+        """Count the files on disk: those this process did not know of come first (oldest),
+        those gone are dropped, the rest keep their order of use."""
+        on_disk = dict(found)
+        known = [(key, on_disk[key]) for key in self._sizes if key in on_disk]
+        fresh = [(key, size) for key, size in found if key not in self._sizes]
+        self._sizes = OrderedDict(fresh + known)
+        self._bytes = sum(self._sizes.values())
+
+    def keys(self) -> list[str]:
+        return list(self._sizes)
 
     def _remember(self, key: str, size: int) -> None:
         old = self._sizes.pop(key, None)
@@ -158,6 +182,8 @@ class NodeCache:
                 if await asyncio.to_thread(_size_of, self.path(key)) == size:
                     self._remember(key, size)  # another process filled it meanwhile
                     return
+                # Other processes of this node fill the same directory: count what is there.
+                self._resync(await asyncio.to_thread(self._scan_files))
                 await self._make_room(size)
                 self._dropped.discard(key)
                 await self.store.fetch(key, part)
@@ -193,6 +219,8 @@ class NodeCache:
         if key in self._fills:
             self._dropped.add(key)
         await asyncio.to_thread(_remove, self.path(key))
+        for listener in self.on_evict:
+            listener(key)
 
     async def read_small(self, key: str) -> bytes:
         """A small file (a poster, a storyboard) whole, through the cache."""
@@ -209,7 +237,8 @@ class NodeCache:
         if len(data) <= self.max_bytes:
             try:
                 await self._make_room(len(data))
-                part = self._fill_dir / f"{key}.small.{os.getpid()}.part"
+                # Unique: two requests of one process may fetch the same file at once.
+                part = self._fill_dir / f"{key}.{secrets.token_hex(4)}.{os.getpid()}.part"
                 await asyncio.to_thread(_write_into_place, part, self.path(key), data)
                 self._remember(key, len(data))
                 await self._make_room(0)

@@ -8,12 +8,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server.core.config import Config
-from server.core.keys import CONFIG_KEY
+from server.core.db import Database
+from server.core.keys import CONFIG_KEY, DB_KEY
+from server.core.loops import run_every, stop
 
 from .cache import NodeCache
 from .local import FileStore
 from .s3 import S3Store
 from .store import MediaStore
+
+# A delete reaches other nodes' caches through the stream's change feed when they know
+# the video; this sweep drops what no row names any more (posters, storyboards, files
+# of videos deleted while a node was down).
+UNNAMED_SWEEP_EVERY = 600.0
+SWEEP_BATCH = 500
 
 STORE_KEY: web.AppKey[MediaStore] = web.AppKey("media_store")
 # This node's cache of the bucket; None with file storage.
@@ -41,11 +49,30 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
             cache = NodeCache(store, config.node_cache_dir, config.cache_max_bytes)
             await cache.start()
         app[NODE_CACHE_KEY] = cache
+        sweep = None if cache is None else run_every(
+            UNNAMED_SWEEP_EVERY, lambda: drop_unnamed(cache, app[DB_KEY]),
+            "node-cache-sweep", first_after=UNNAMED_SWEEP_EVERY)
         try:
             yield
         finally:
+            if sweep is not None:
+                await stop(sweep)
             if cache is not None:
                 await cache.close()
+
+
+async def drop_unnamed(cache: NodeCache, db: Database) -> int:
+    """Evict cached files that no video or user row names; how many."""
+    keys = cache.keys()
+    dropped = 0
+    for start in range(0, len(keys), SWEEP_BATCH):
+        chunk = keys[start:start + SWEEP_BATCH]
+        named = {row["key"] for row in await db.all("stored_keys", {"keys": chunk})}
+        for key in chunk:
+            if key not in named:
+                await cache.evict(key)
+                dropped += 1
+    return dropped
 
 
 def setup(app: web.Application) -> None:

@@ -198,14 +198,25 @@ class S3Store:
             return (await self.get_bytes(marker)).decode("ascii", "replace").strip()
         except FileNotFoundError:
             pass
-        await self._call(marker, self._client.put_object, Key=self._key(marker),
-                         Body=(database_id + "\n").encode("ascii"))
+        try:
+            # Only if absent: of two databases claiming at once, one wins and both read it.
+            await self._client.put_object(Bucket=self._bucket, Key=self._key(marker),
+                                          Body=(database_id + "\n").encode("ascii"),
+                                          IfNoneMatch="*")
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) != "PreconditionFailed":
+                raise translate(exc, marker) from exc
+        except STORE_ERRORS as exc:
+            raise translate(exc, marker) from exc
         return (await self.get_bytes(marker)).decode("ascii", "replace").strip()
 
     async def presign(self, key: str, ttl: int) -> str | None:
-        url: str = await self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)},
-            ExpiresIn=ttl)
+        try:
+            url: str = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)},
+                ExpiresIn=ttl)
+        except STORE_ERRORS as exc:  # no credentials, say
+            raise translate(exc, key) from exc
         return url
 
     async def close(self) -> None:

@@ -7,16 +7,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.core.clients import (
-    from_trusted_proxy,
     hash_secret,
     ip_key,
     is_bot,
     request_ip,
     viewer_key,
 )
-from server.core.errors import Forbidden
 from server.core.keys import CONFIG_KEY
-from server.core.origins import origin_allowed, own_origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,18 +23,6 @@ class Watcher:
     viewer: str
     ip: str
     bot: bool
-
-
-def check_origin(request: web.Request) -> None:
-    """Refuse requests made by pages of other origins (they would watch for their visitors)."""
-    config = request.app[CONFIG_KEY]
-    scheme = request.scheme
-    proto = request.headers.get("X-Forwarded-Proto")
-    if proto and from_trusted_proxy(request.remote, config.trusted_proxies):
-        scheme = proto.split(",", 1)[0].strip().lower()
-    own = own_origin(scheme, request.host)
-    if not origin_allowed(request.headers.get("Origin"), own, config.allowed_origins):
-        raise Forbidden("Requests from this origin are not allowed", "origin_not_allowed")
 
 
 def identify(request: web.Request, user_id: int | None) -> Watcher:

@@ -20,10 +20,11 @@ from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY, REDIS_KEY, VIEW_TO
 from server.core.keyspace import Keyspace
 from server.core.loops import run_every, stop
 from server.core.metrics import METRICS_KEY
+from server.core.origins import check_origin
 from server.core.validation import read_json_object
 
 from .counter import VIEWS_KEY, ViewCounter
-from .identity import check_origin, identify
+from .identity import identify
 from .metrics import view_families
 from .watch_rules import ReportError, parse_report, parse_session
 

@@ -7,7 +7,9 @@ everybody: what only the signed-in user may see is added by the page's script,
 since only the tab knows who is signed in.
 
 Page paths never overlap API paths: a channel is `/@{id}` (the API is
-`/users/{id}`), search results are `/results?q=` (the API is `/search`).
+`/users/{id}`), search results are `/results?q=` (the API is `/search`). The one
+exception is the live rooms' `/rooms` and `/rooms/{id}`, shared with the API and told
+apart by what the client accepts (server/web/rooms.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -44,7 +46,7 @@ STATIC_DIR = ROOT / "static"
 PAGE_SIZE = 12
 # Paths whose errors stay JSON whatever the client accepts.
 API_PREFIXES = ("/auth/", "/videos/", "/users/", "/comments/", "/feed/", "/search",
-                "/reports", "/moderation/", "/admin/")
+                "/reports", "/moderation/", "/admin/", "/livekit/")
 # What a report button offers, in this order, with the words shown for each.
 REASON_LABELS = {
     "spam": "Spam or misleading",
@@ -69,15 +71,17 @@ ERROR_TITLES = {
 }
 
 
-def _security_headers(request: web.Request) -> dict[str, str]:
+def _security_headers(request: web.Request, connect: Sequence[str] = ()) -> dict[str, str]:
     # 'self' covers ws: in current browsers but not in all; naming the host does.
     # The Host header is the client's to choose, so only a plain one is echoed.
     host = request.host
     sockets = f" ws://{host} wss://{host}" if PLAIN_HOST.fullmatch(host) else ""
+    # Further origins a page needs (a room's LiveKit server), named by the server.
+    others = "".join(f" {origin}" for origin in connect)
     return {
         "Content-Security-Policy": (
             "default-src 'self'; img-src 'self' data:; media-src 'self'; "
-            f"connect-src 'self'{sockets}; object-src 'none'; base-uri 'none'; "
+            f"connect-src 'self'{sockets}{others}; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'"
         ),
         # X-Content-Type-Options comes with every response (server.core.http).
@@ -87,9 +91,9 @@ def _security_headers(request: web.Request) -> dict[str, str]:
 
 
 def render(request: web.Request, template: str, context: dict[str, Any],
-           status: int = 200) -> web.Response:
+           status: int = 200, connect: Sequence[str] = ()) -> web.Response:
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
-    response.headers.update(_security_headers(request))
+    response.headers.update(_security_headers(request, connect))
     return response
 
 
@@ -348,6 +352,9 @@ def setup(app: web.Application) -> None:
     app[HTML_ERRORS_KEY] = html_error
     app.on_response_prepare.append(_cache_static)
     app.add_routes(routes)
+    # Imported here: the room pages are built on this module's render().
+    from server.web import rooms
+    rooms.setup(app)
     # The icon is served from memory: a browser asks for it last, often still asking as a
     # server stops, and aiohttp's file response leaks its open file when cancelled then.
     app.router.add_get(f"{prefix}/favicon.svg",

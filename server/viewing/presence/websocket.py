@@ -16,9 +16,10 @@ from server.accounts.auth import optional_user, user_from_token
 from server.catalog.handlers import CATALOG_KEY
 from server.core.errors import ApiError, Unavailable
 from server.core.keys import CONFIG_KEY
+from server.core.origins import check_origin
 
 from ..counter import VIEWS_KEY
-from ..identity import Watcher, check_origin, identify
+from ..identity import Watcher, identify
 from ..watch_rules import ReportError, parse_report
 from .hub import PresenceHub
 from .room import CLOSE_TIMEOUT, TOO_MANY, Connection, error_text
