@@ -51,7 +51,7 @@ lint: install
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 
-# Benchmark against aiohttp's FileResponse and nginx; BENCH_ARGS=--quick for a short run.
+# Benchmark against FileResponse, nginx, Go's net/http and the bucket; BENCH_ARGS=--quick: short run.
 # Installs wrk and nginx-light first when they are missing and this runs as root.
 bench: install
 	sh bench/peers.sh

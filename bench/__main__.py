@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [...]`: every row of the speed table, in one run on this machine.
 
-Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler and nginx
-with wrk, one server process each; row m is row a against a second server with metrics on;
+Rows a-c load the project's stream endpoint, a plain aiohttp FileResponse handler, nginx
+and Go's net/http file server with wrk, one server process each; row a-log is row a with
+the access log on, as users run it; row m is row a against a second server with metrics on;
 rows k and w load the stream with media in an S3 bucket (k: every range forwarded from the
 bucket; w: the node's cache warm) against the bucket serving a presigned URL; row d opens
 thousands of live-viewer WebSockets; row e watches memory while multi-GB files go in and
@@ -24,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from . import bucket, check, procs, tubelet, wrk
+from . import bucket, check, go_peer, procs, tubelet, wrk
 from .fileresponse_peer import __name__ as PEER_MODULE
 from .loads import HttpRow, Target, load, median_run, value_of
 from .machine import describe, machine_info
@@ -41,6 +42,10 @@ SERVING_ROWS = {"a", "b", "c", "m", "s", "d", "e"}
 BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789"
 MiB = 2**20
 GiB = 2**30
+# The peers of rows a-c, as the table and the verdicts name them.
+PEERS = {"fileresponse": "FileResponse", "go": "Go", "nginx": "nginx"}
+# What to install for a missing tool (Debian's packages; peers.sh does it as root).
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "go": "golang-go"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: short loads, small N, small large file")
     parser.add_argument("--rows", default=",".join(ALL_ROWS),
-                        help="which rows to run: a b c (HTTP), m (row a with metrics on), "
+                        help="which rows to run: a b c (HTTP; a also measures a-log, row a "
+                             "with the access log on), m (row a with metrics on), "
                              "s (WORKERS scaling), k and w (S3: cold and warm node cache, "
                              "against the bucket; need STORAGE_URL=s3://..., as make bench "
                              "sets), "
@@ -138,10 +144,43 @@ def start_nginx(ws: Workspace, file: Path, cpus: set[int] | None) -> Any:
     return proc, url
 
 
+def start_go(ws: Workspace, go: str, file: Path, cpus: set[int] | None) -> Any:
+    """Build the Go peer into the workspace and start it; GOMAXPROCS=1."""
+    binary = go_peer.build(go, ws.root / "go", ws.logs / "go-build.log")
+    port = procs.free_port()
+    log = ws.logs / "go.log"
+    proc = procs.spawn(go_peer.argv(binary, file, port), log, env=go_peer.environment(),
+                       cpus=cpus)
+    url = f"http://127.0.0.1:{port}/file"
+    try:
+        procs.wait_http(url, proc, log)
+    except BaseException:
+        procs.stop(proc)
+        raise
+    if cpus:
+        # The Go runtime starts threads before spawn() can pin the process: pin them all.
+        procs.pin(proc.pid, cpus)
+    return proc, url
+
+
+def start_logged(ws: Workspace, video_id: int,
+                 cpus: set[int] | None) -> tuple[Target, tubelet.Server]:
+    """A second server on the same database and file, with the access log as users have it.
+
+    The bench's servers run with ACCESS_LOG=0 and LOG_LEVEL=WARNING, at which aiohttp
+    skips the access log altogether; this one has the defaults, ACCESS_LOG=1 and
+    LOG_LEVEL=INFO, and writes its lines to a file in the workspace.
+    """
+    server = tubelet.start(ws, "main", cpus=cpus, log_label="main-access-log",
+                           extra_env={"ACCESS_LOG": "1", "LOG_LEVEL": "INFO",
+                                      "LOG_FORMAT": "text"})
+    return Target("tubelet-log", f"{server.base}/videos/{video_id}/stream", server.pid), server
+
+
 def http_rows(args: argparse.Namespace) -> list[HttpRow]:
     rows = [
         HttpRow("a", f"1 KiB ranges, {args.connections} conns", "req/s", 1024,
-                args.connections, 3.0),
+                args.connections, 3.0, also=(("go", 1.0), ("nginx", 0.5))),
         HttpRow("b", f"16 MiB ranges, {args.range_connections} conns", "MiB/s", 16 * MiB,
                 args.range_connections, 0.9),
         HttpRow("c", f"whole {args.file_mib} MiB file, {args.whole_connections} conns",
@@ -151,42 +190,104 @@ def http_rows(args: argparse.Namespace) -> list[HttpRow]:
 
 
 def run_http(args: argparse.Namespace, targets: list[Target], size: int,
-             load_cpus: set[int] | None, log: Any) -> list[Row]:
+             load_cpus: set[int] | None, log: Any, logged: Target | None = None) -> list[Row]:
     """Each row: every target in turn, `rounds` times over.
 
     The machine's speed drifts by more than the differences measured, so each
-    round compares targets run back to back: the ratio is the median of the
+    round compares targets run back to back: a ratio is the median of the
     per-round ratios, the absolute numbers the median of each target's runs.
+    Row a also loads `logged` (the server with its access log on) in its rounds.
     """
     rows = []
     for spec in http_rows(args):
-        results: dict[str, list[wrk.WrkResult]] = {t.name: [] for t in targets}
+        row_targets = targets[:1] + ([logged] if logged and spec.key == "a" else []) + targets[1:]
+        results: dict[str, list[wrk.WrkResult]] = {t.name: [] for t in row_targets}
         for n in range(args.rounds):
-            for target in targets:
+            for target in row_targets:
                 res = load(args, target, spec, size, load_cpus)
                 results[target.name].append(res)
                 log(f"  {spec.key}) {spec.what}, round {n + 1}/{args.rounds}, {target.name}: "
                     f"{value_of(spec, res):,.0f} {spec.unit}, p99 {res.p99_ms:.1f} ms, "
                     f"errors {res.failed}, server CPU {res.server_cpu_seconds:.1f}s")
-        median = {name: median_run(spec, runs) for name, runs in results.items()}
-        ours = value_of(spec, median.get("tubelet"))
-        theirs = value_of(spec, median.get("fileresponse"))
-        per_round = [ratio(value_of(spec, a), value_of(spec, b)) for a, b in
-                     zip(results.get("tubelet", []), results.get("fileresponse", []),
-                         strict=True)]
-        r = statistics.median(x for x in per_round if x is not None) if per_round else None
-        failed = sum(res.failed for runs in results.values() for res in runs)
-        rows.append(Row(
-            key=spec.key, what=spec.what, unit=spec.unit, tubelet=ours, fileresponse=theirs,
-            nginx=value_of(spec, median.get("nginx")), ratio=r,
-            target=f">= {spec.target_ratio:g}x FileResponse",
-            passed=None if r is None else (r >= spec.target_ratio and failed == 0),
-            note="" if failed == 0 else f"{failed} failed requests",
-            detail={"runs": {name: [res.as_json() for res in runs]
-                             for name, runs in results.items()},
-                    "ratio_per_round": [round(x or 0, 3) for x in per_round]},
-        ))
+        rows.append(_peer_row(spec, {k: v for k, v in results.items() if k != "tubelet-log"}))
+        if "tubelet-log" in results:
+            rows.append(_logged_row(spec, results))
     return rows
+
+
+def _against_peers(spec: HttpRow, results: dict[str, list[wrk.WrkResult]],
+                   ours: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """ours / each peer measured: the median of the per-round ratios, and those ratios."""
+    medians: dict[str, float] = {}
+    per_round: dict[str, list[float]] = {}
+    for peer in PEERS:
+        if peer not in results:
+            continue
+        found = [ratio(value_of(spec, a), value_of(spec, b))
+                 for a, b in zip(results[ours], results[peer], strict=True)]
+        per_round[peer] = [round(x, 3) for x in found if x is not None]
+        if per_round[peer]:
+            medians[peer] = statistics.median(per_round[peer])
+    return medians, per_round
+
+
+def _peer_row(spec: HttpRow, results: dict[str, list[wrk.WrkResult]]) -> Row:
+    """Rows a-c: Tubelet against the peers, judged on each of the row's targets."""
+    median = {name: value_of(spec, median_run(spec, runs)) for name, runs in results.items()}
+    ratios, per_round = _against_peers(spec, results, "tubelet")
+    wanted = (("fileresponse", spec.target_ratio), *spec.also)
+    judged = {peer: ratios[peer] >= least for peer, least in wanted if peer in ratios}
+    missed = [PEERS[peer] for peer, ok in judged.items() if not ok]
+    failed = sum(res.failed for runs in results.values() for res in runs)
+    notes = [f"vs {PEERS[peer]} {ratios[peer]:.2f}x" for peer, _ in spec.also
+             if peer in ratios and peer != "go"]
+    notes += [f"not judged against {PEERS[peer]}: not measured" for peer, _ in wanted
+              if peer not in ratios]
+    if failed:
+        notes.append(f"{failed} failed requests")
+    return Row(
+        key=spec.key, what=spec.what, unit=spec.unit, tubelet=median.get("tubelet"),
+        fileresponse=median.get("fileresponse"), nginx=median.get("nginx"), go=median.get("go"),
+        ratio=ratios.get("fileresponse"), ratio_go=ratios.get("go"),
+        ratio_nginx=ratios.get("nginx"),
+        target=", ".join(f">= {least:g}x {PEERS[peer]}" for peer, least in wanted),
+        passed=None if not judged else (not missed and failed == 0),
+        missed=missed if spec.also else [], note="; ".join(notes),
+        detail={"runs": {name: [res.as_json() for res in runs]
+                         for name, runs in results.items()},
+                "ratio_per_round": per_round.get("fileresponse", []),
+                "ratios_per_round": per_round,
+                "targets": {peer: {"least": least, "ratio": _rounded(ratios.get(peer)),
+                                   "passed": judged.get(peer)} for peer, least in wanted}},
+    )
+
+
+def _logged_row(spec: HttpRow, results: dict[str, list[wrk.WrkResult]]) -> Row:
+    """Row a-log: row a's load on the server with its access log on, in row a's rounds."""
+    logged = median_run(spec, results["tubelet-log"])
+    ratios, per_round = _against_peers(spec, results, "tubelet-log")
+    of_a = statistics.median((value_of(spec, x) or 0.0) / (value_of(spec, y) or 1.0)
+                             for x, y in zip(results["tubelet-log"], results["tubelet"],
+                                             strict=True))
+    failed = sum(res.failed for res in results["tubelet-log"])
+    notes = [f"access log on: x{of_a:.2f} of row a (ACCESS_LOG=0)"]
+    if "nginx" in ratios:
+        notes.append(f"vs nginx {ratios['nginx']:.2f}x")
+    if failed:
+        notes.append(f"{failed} failed requests")
+    return Row(
+        key="a-log", what="row a, access log on", unit=spec.unit,
+        tubelet=value_of(spec, logged), shown=f"{value_of(spec, logged):,.0f} (x{of_a:.2f} of a)",
+        ratio=ratios.get("fileresponse"), ratio_go=ratios.get("go"),
+        ratio_nginx=ratios.get("nginx"), target="reported", passed=None,
+        note="; ".join(notes),
+        detail={"runs": {"tubelet-log": [res.as_json() for res in results["tubelet-log"]]},
+                "of_row_a": round(of_a, 3), "ratios_per_round": per_round},
+    )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def run_scaling(args: argparse.Namespace, ws: Workspace, one: Target, video_id: int,
@@ -330,10 +431,25 @@ def run_serving(args: argparse.Namespace, ws: Workspace, stack: contextlib.ExitS
             proc, url = start_nginx(ws, stored, server_cpus)
             stack.enter_context(procs.running(proc))
             targets.append(Target("nginx", url, proc.pid))
-        for target in targets:
+        go = go_peer.go_binary()
+        if go is not None and {"a", "b", "c"} & args.rows:
+            log("building the Go peer ...")
+            try:
+                proc, url = start_go(ws, go, stored, server_cpus)
+            except RuntimeError as exc:
+                notes.append(f"Go net/http not measured (its column shows -): {exc}")
+                log(f"NOTE: {notes[-1]}")
+            else:
+                stack.enter_context(procs.running(proc))
+                targets.append(Target("go", url, proc.pid))
+        logged = None
+        if "a" in args.rows:
+            logged, logged_server = start_logged(ws, video_id, server_cpus)
+            stack.enter_context(procs.running(logged_server.proc))
+        for target in targets + ([logged] if logged else []):
             check.verify(target.url, stored, sha)
         log("all targets serve identical bytes; loading with wrk")
-        rows += run_http(args, targets, size, load_cpus, log)
+        rows += run_http(args, targets, size, load_cpus, log, logged)
         if "c" in args.rows:
             c = next(row for row in rows if row.key == "c")
             detail = max(c.detail["runs"]["tubelet"],
@@ -401,6 +517,8 @@ def peers_missing() -> list[str]:
         missing.append("wrk")
     if nginx_binary() is None:
         missing.append("nginx")
+    if go_peer.go_binary() is None:
+        missing.append("go")
     return missing
 
 
@@ -418,13 +536,14 @@ def main(argv: list[str]) -> int:
     log(f"machine: {describe(info)}")
     log(f"pinning: {pinning}; open-file limit {fd_limit}")
     missing = peers_missing()
-    if missing:
-        hint = ("apt-get install wrk nginx-light (make bench does it when run as root)")
-        for name in missing:
-            what = "rows a-c, k and w" if name == "wrk" else "column"
-            note = f"{name} is not installed: its {what} cannot be measured; {hint}"
-            notes.append(note)
-            log(f"NOTE: {note}")
+    for name in missing:
+        what = ("rows a-c, k and w cannot be measured" if name == "wrk" else
+                "the Go net/http column of rows a-c shows -" if name == "go" else
+                "its column cannot be measured")
+        note = (f"{name} is not installed: {what}; apt-get install {PACKAGES[name]} "
+                "(make bench does it when run as root)")
+        notes.append(note)
+        log(f"NOTE: {note}")
     if not info["aiohttp_speedups"]["c_http_parser"]:
         notes.append("aiohttp runs without its C extensions: every aiohttp number is slower")
 

@@ -15,12 +15,14 @@ class HttpRow:
     unit: str
     length: int  # bytes per range; 0 for whole-file GETs
     connections: int
-    target_ratio: float
+    target_ratio: float  # against FileResponse (rows a-c) or the bucket (rows k, w)
+    # Further targets, (peer, least ratio) (row a: Go net/http and nginx).
+    also: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
 class Target:
-    name: str  # "tubelet", "fileresponse", "nginx", "bucket"
+    name: str  # "tubelet", "tubelet-log", "fileresponse", "nginx", "go", "bucket"
     url: str
     pid: int | None  # None: a server whose process this machine cannot see
 

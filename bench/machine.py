@@ -67,10 +67,12 @@ def machine_info() -> dict[str, Any]:
         "aiohttp_speedups": _aiohttp_speedups(),
         "wrk": _version(["wrk", "-v"], r"wrk ([^ ]+)"),
         "nginx": _version(["nginx", "-v"], r"nginx/([^ \s]+)"),
+        "go": _version(["go", "version"], r"go version go([^ ]+)"),
     }
 
 
 def describe(info: dict[str, Any]) -> str:
     return (f"{info['nproc']} cores ({info['cpu_model']}), {info['memory_gib']} GiB, "
             f"Linux {info['kernel']}, Python {info['python']}, aiohttp {info['aiohttp']}, "
-            f"wrk {info['wrk'] or 'absent'}, nginx {info['nginx'] or 'absent'}")
+            f"wrk {info['wrk'] or 'absent'}, nginx {info['nginx'] or 'absent'}, "
+            f"Go {info['go'] or 'absent'}")

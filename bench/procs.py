@@ -54,8 +54,25 @@ def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def pin(pid: int, cpus: set[int]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.sched_setaffinity(pid, cpus)
+    """Pin every thread of pid: a Go program has several before it can be pinned.
+
+    Threads started later inherit the mask of the thread that starts them; the
+    list is read again until it holds no thread not yet pinned.
+    """
+    done: set[int] = set()
+    while fresh := set(threads(pid)) - done:
+        for tid in fresh:
+            # A thread may end meanwhile.
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
+        done |= fresh
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return [pid]
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:

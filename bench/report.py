@@ -16,6 +16,8 @@ class Row:
     tubelet: float | None
     fileresponse: float | None = None
     nginx: float | None = None
+    # Go's net/http file server (rows a-c).
+    go: float | None = None
     # The S3 bucket serving the same object directly (rows k and w).
     bucket: float | None = None
     target: str = ""
@@ -23,6 +25,11 @@ class Row:
     # tubelet / FileResponse where that is the target's measure; tubelet / bucket in the
     # rows that have a bucket figure.
     ratio: float | None = None
+    # tubelet / Go net/http and tubelet / nginx (rows a-c), medians of per-round ratios.
+    ratio_go: float | None = None
+    ratio_nginx: float | None = None
+    # The peers whose target the row missed, when it has several (row a).
+    missed: list[str] = field(default_factory=list)
     note: str = ""
     shown: str = ""  # the tubelet cell, when one number does not say it
     detail: dict[str, Any] = field(default_factory=dict)
@@ -44,25 +51,31 @@ def _num(value: float | None, unit: str) -> str:
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def table(rows: list[Row]) -> str:
     """A Markdown table: it reads in a terminal and pastes into the README as it is.
 
     The bucket's columns appear only when a row measured the bucket (rows k and w).
     """
     with_bucket = any(row.bucket is not None for row in rows)
-    header = ["row", "measure", "tubelet", "FileResponse", "nginx",
-              *(["bucket"] if with_bucket else []), "vs FileResponse",
+    header = ["row", "measure", "tubelet", "FileResponse", "nginx", "Go net/http",
+              *(["bucket"] if with_bucket else []), "vs FileResponse", "vs Go",
               *(["vs bucket"] if with_bucket else []), "target", "result"]
     lines = [header]
     for row in rows:
         verdict = "-" if row.passed is None else ("pass" if row.passed else "FAIL")
-        shown_ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
+        if row.missed:
+            verdict += ": " + ", ".join(row.missed)
+        shown_ratio = _ratio(row.ratio)
         against_bucket = row.bucket is not None
         lines.append([
             row.key, f"{row.what} ({row.unit})", row.shown or _num(row.tubelet, row.unit),
             _num(row.fileresponse, row.unit), _num(row.nginx, row.unit),
-            *([_num(row.bucket, row.unit)] if with_bucket else []),
-            "-" if against_bucket else shown_ratio,
+            _num(row.go, row.unit), *([_num(row.bucket, row.unit)] if with_bucket else []),
+            "-" if against_bucket else shown_ratio, _ratio(row.ratio_go),
             *([shown_ratio if against_bucket else "-"] if with_bucket else []),
             row.target or "-", verdict,
         ])

@@ -45,12 +45,15 @@ class Worker:
 
 def start(ws: Workspace, label: str, *, workers: int = 1, cpus: set[int] | None = None,
           database_url: str | None = None, storage_url: str = "",
-          extra_env: dict[str, str] | None = None) -> Server:
-    """`python -m server` as a user runs it, configured for a quiet, isolated run."""
+          extra_env: dict[str, str] | None = None, log_label: str | None = None) -> Server:
+    """`python -m server` as a user runs it, configured for a quiet, isolated run.
+
+    Its output goes to logs/tubelet-{log_label or label}.log.
+    """
     port = procs.free_port()
     env = environment(ws, label, database_url=database_url, storage_url=storage_url,
                       extra_env={"PORT": str(port), "WORKERS": str(workers), **(extra_env or {})})
-    log = ws.logs / f"tubelet-{label}.log"
+    log = ws.logs / f"tubelet-{log_label or label}.log"
     proc = procs.spawn([sys.executable, "-m", "server"], log, env=env, cpus=cpus)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -102,8 +100,7 @@ def run(url: str, *, size: int, length: int, connections: int, duration: float,
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)
             if cpus:
-                with contextlib.suppress(ProcessLookupError):
-                    os.sched_setaffinity(proc.pid, cpus)
+                procs.pin(proc.pid, cpus)
             out, _ = proc.communicate(timeout=duration + 60)
         cpu = procs.cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
     finally:

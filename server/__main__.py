@@ -13,7 +13,8 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -105,7 +106,8 @@ async def serve(config: Config, sock: socket.socket, stop: Stop) -> int | None:
         # the cyclic collector's full passes, which otherwise rescan it, and every
         # module the application imported, as the requests' garbage comes and goes.
         gc.freeze()
-        log.info("serving on %s", url_of(sock))
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info("serving on %s (%s event loop)", url_of(sock), loop)
         await stop.wait()
         log.info("stopping")
     finally:
@@ -179,7 +181,21 @@ def run_server(config: Config) -> int:
             else exc.strerror or str(exc)
         return fail(f"cannot listen on {config.host}:{config.port}: {reason}")
     with sock:
-        return asyncio.run(serve_until_stopped(config, sock))
+        return run_loop(config, serve_until_stopped(config, sock))
+
+
+def run_loop(config: Config, main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` to its end on the event loop EVENT_LOOP names, as asyncio.run does.
+
+    Each process WORKERS forks calls this itself, so every one runs on that loop.
+    """
+    factory = None
+    if config.event_loop == "uvloop":
+        import uvloop  # optional: loaded only by a process that runs on it
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def serve_workers(config: Config) -> int:
@@ -376,7 +392,7 @@ def main(argv: list[str]) -> int:
         return guarded(config, lambda: run_admin(config, *admin))
     if command == "worker":
         jobs = concurrency or config.worker_concurrency
-        return guarded(config, lambda: asyncio.run(work_until_stopped(config, jobs)))
+        return guarded(config, lambda: run_loop(config, work_until_stopped(config, jobs)))
     if not os.environ.get("JWT_SECRET"):
         log.warning("JWT_SECRET is not set: using a random secret; tokens end with this process")
     if config.workers == 1:

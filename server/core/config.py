@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import ipaddress
 import os
 import secrets
@@ -54,6 +55,8 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable("HOST", "host", "address to listen on"),
     Variable("PORT", "port", "port to listen on"),
     Variable("WORKERS", "workers", "processes sharing the port (SO_REUSEPORT)"),
+    Variable("EVENT_LOOP", "event_loop",
+             "asyncio, or uvloop for libuv's loop (serving processes and the worker)"),
     Variable("DATABASE_URL", "database_url", "PostgreSQL"),
     Variable("REDIS_URL", "redis_url", "Redis"),
     Variable("REDIS_PREFIX", "redis_prefix", "namespace of every Redis key and channel"),
@@ -175,6 +178,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    event_loop: str = "asyncio"
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
     redis_prefix: str = "tubelet"
@@ -270,6 +274,7 @@ class Config:
             host=env.get("HOST", base.host),
             port=_int(env, "PORT", base.port, low=0, high=65535),
             workers=_int(env, "WORKERS", base.workers, low=1, high=256),
+            event_loop=_event_loop(env, base.event_loop),
             database_url=env.get("DATABASE_URL") or base.database_url,
             redis_url=env.get("REDIS_URL") or base.redis_url,
             redis_prefix=env.get("REDIS_PREFIX") or base.redis_prefix,
@@ -392,6 +397,7 @@ def _float(env: Mapping[str, str], name: str, default: float, *, low: float) -> 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 STREAM_REDIRECTS = ("", "presigned")
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 def _storage(env: Mapping[str, str]) -> StorageLocation | None:
@@ -444,6 +450,14 @@ def _choice(env: Mapping[str, str], name: str, default: str,
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}")
     return value
+
+
+def _event_loop(env: Mapping[str, str], default: str) -> str:
+    loop = _choice(env, "EVENT_LOOP", default, EVENT_LOOPS)
+    # Found, not imported: only the processes that run on it load it.
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("EVENT_LOOP=uvloop needs the uvloop package (pip install uvloop)")
+    return loop
 
 
 def _rate(env: Mapping[str, str], name: str, default: RateSpec) -> RateSpec:

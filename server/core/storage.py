@@ -27,6 +27,20 @@ def storage_path(storage_dir: Path, storage_key: str) -> Path:
     return storage_dir / storage_key
 
 
+def write_atomic(path: Path, data: bytes, temp: Path | None = None) -> None:
+    """Write `data` to `path` whole or not at all: into `temp` (a hidden name beside it by
+    default), fsynced, then renamed into place. Blocking: run it in a thread."""
+    temp = temp if temp is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 async def unlink(path: Path) -> None:
     """Remove a file off the event loop; a file already gone is fine."""
     with contextlib.suppress(FileNotFoundError):

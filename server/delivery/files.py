@@ -12,10 +12,8 @@ deleted or no longer playable leaves the node's cache too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from server.storage.cache import NodeCache
 
 from .counts import StreamCounts
 from .ranges import Validators, format_http_date
-from .sendfile import HttpDate, header_fields
+from .sendfile import HttpDate, header_fields, shut_down
 
 if TYPE_CHECKING:
     from .remote import Redirects
@@ -89,8 +87,7 @@ class Senders:
                 if sock is None:
                     transport.abort()  # type: ignore[attr-defined]
                 else:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+                    shut_down(sock)
                 cut += 1
         self.streams.clear()
         return cut

@@ -3,12 +3,14 @@
 The stream route's usual request, a GET of one range or of the whole file, is answered
 by writing a header block built here and the body by sendfile(2), with the socket
 corked between them so a small response leaves as one segment. bench/NOTES.md has the
-measurements that led here.
+measurements that led here. On uvloop (EVENT_LOOP=uvloop) the same sendfile(2) calls go
+to the connection's own descriptor; only the wait for room differs (`_sendfile_polled`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -62,7 +64,11 @@ async def sendfile(transport: asyncio.WriteTransport | None, sock: Any, fd: int,
         offset += sent
         count -= sent
     if count:
-        await _sendfile_rest(transport, fd, offset, count, response)
+        if sock is not None and not isinstance(asyncio.get_running_loop(),
+                                               asyncio.BaseEventLoop):
+            await _sendfile_polled(transport, sock, fd, offset, count, response)
+        else:
+            await _sendfile_rest(transport, fd, offset, count, response)
 
 
 async def _sendfile_rest(transport: asyncio.WriteTransport, fd: int, offset: int, count: int,
@@ -87,6 +93,70 @@ async def _sendfile_rest(transport: asyncio.WriteTransport, fd: int, offset: int
             response.file_bytes += file.tell() - offset
     if sent < count:
         raise ShortFile(f"the file ended {count - sent} bytes before the response did")
+
+
+async def _sendfile_polled(transport: asyncio.WriteTransport, sock: Any, fd: int, offset: int,
+                           count: int, response: FileBodyResponse | SentResponse) -> None:
+    """sendfile(2) to the socket as it has room: what uvloop gets instead of loop.sendfile.
+
+    uvloop has no loop.sendfile, and its loop refuses add_writer on a descriptor a
+    transport owns; a dup(2) of it is another descriptor of the same socket, which it
+    watches. Bytes go out only while the transport has nothing queued, so they never
+    overtake a header block still in its buffer. The duplicate keeps the socket open
+    after the transport closes its own descriptor, so each wait ends by asking whether
+    the transport is closing; a delete's shutdown(2) wakes the wait and fails the send.
+    """
+    loop = asyncio.get_running_loop()
+    out = os.dup(sock.fileno())
+    try:
+        while count:
+            await _writable(loop, out)
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+            if transport.get_write_buffer_size():
+                continue
+            try:
+                sent = os.sendfile(out, fd, offset, count)
+            except BlockingIOError:
+                continue
+            if not sent:
+                raise ShortFile(f"the file ended {count} bytes before the response did")
+            response.file_bytes += sent
+            offset += sent
+            count -= sent
+    finally:
+        os.close(out)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until the socket `fd` has room to write (or has failed, which the send then says)."""
+    waiter = loop.create_future()
+    loop.add_writer(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def shut_down(sock: Any) -> None:
+    """Shut a transport's socket down both ways: its pending and next sends fail.
+
+    Through the descriptor, since uvloop's stand-in for the socket refuses shutdown().
+    """
+    fd = sock.fileno()
+    if fd == -1:
+        return
+    with contextlib.suppress(OSError):  # closed or not connected: nothing to cut off
+        raw = socket.socket(fileno=fd)
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        finally:
+            raw.detach()
 
 
 def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:

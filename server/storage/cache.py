@@ -36,7 +36,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from server.core.storage import STORAGE_KEY_RE, StorageUnavailable
+from server.core.storage import STORAGE_KEY_RE, StorageUnavailable, write_atomic
 
 from .store import MediaStore
 
@@ -239,7 +239,7 @@ class NodeCache:
                 await self._make_room(len(data))
                 # Unique: two requests of one process may fetch the same file at once.
                 part = self._fill_dir / f"{key}.{secrets.token_hex(4)}.{os.getpid()}.part"
-                await asyncio.to_thread(_write_into_place, part, self.path(key), data)
+                await asyncio.to_thread(write_atomic, self.path(key), data, part)
                 self._remember(key, len(data))
                 await self._make_room(0)
             except OSError as exc:
@@ -323,14 +323,3 @@ def _size_of(path: Path) -> int | None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _write_into_place(part: Path, target: Path, data: bytes) -> None:
-    try:
-        with open(part, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, target)
-    finally:
-        _remove(part)

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.core.storage import claim_storage, settled_keys, storage_path, unlink
+from server.core.storage import claim_storage, settled_keys, storage_path, unlink, write_atomic
 
 CHUNK = 256 * 1024
 
@@ -49,7 +49,7 @@ class FileStore:
         await asyncio.to_thread(os.replace, source, self.local_path(key))
 
     async def put_bytes(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(_write_atomic, self.local_path(key), data)
+        await asyncio.to_thread(write_atomic, self.local_path(key), data)
 
     async def get_bytes(self, key: str) -> bytes:
         return await asyncio.to_thread(self.local_path(key).read_bytes)
@@ -74,15 +74,3 @@ class FileStore:
 
     async def close(self) -> None:
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

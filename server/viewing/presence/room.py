@@ -53,7 +53,7 @@ class Connection:
                  "sent", "last_step", "left")
 
     def __init__(self, video_id: int, ws: web.WebSocketResponse,
-                 transport: asyncio.BaseTransport | None, *, viewer: str, address: str,
+                 transport: asyncio.Transport | None, *, viewer: str, address: str,
                  user_id: int | None = None) -> None:
         self.video_id = video_id
         self.conn_id = secrets.token_hex(8)
@@ -81,8 +81,8 @@ class Connection:
         interleave with aiohttp's own frames, and it is never awaited.
         """
         transport = self.transport
-        if self.ws.closed or not isinstance(transport, asyncio.Transport) \
-                or transport.is_closing():
+        # Not an isinstance test: uvloop's transports do not subclass asyncio.Transport.
+        if self.ws.closed or transport is None or transport.is_closing():
             return True
         if transport.get_write_buffer_size() > BACKLOG_LIMIT:
             return False
