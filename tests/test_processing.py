@@ -480,3 +480,22 @@ def test_the_packet_checksum_tells_a_re_encode(real_mp4, tmp_path):
     subprocess.run([require_tool("ffmpeg"), "-v", "error", "-i", str(real_mp4), "-c:v",
                     "libx264", "-preset", "ultrafast", str(again)], check=True)
     assert video_bitstream_md5(again) != video_bitstream_md5(real_mp4)
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+async def test_a_relative_storage_dir_processes_like_an_absolute_one(
+        aiohttp_client, make_config, real_mp4, tmp_path, monkeypatch, kind, request):
+    """`storage`, the default STORAGE_DIR, is relative; ffmpeg runs in the job's directory."""
+    from server.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    storage = None if kind == "file" else request.getfixturevalue("s3_location")
+    config = make_config(storage_dir=Path("storage"), storage=storage)
+    client = await aiohttp_client(create_app(config))
+    token = await new_user_token(client)
+    video_id = await uploaded(client, token, real_mp4)
+    await work(config, wait=False)
+    video = await video_of(client, video_id, token)
+    assert video["status"] == "ready", video
+    resp = await client.get(f"/videos/{video_id}/poster.jpg")
+    assert resp.status == 200

@@ -105,7 +105,9 @@ class Processor:
         self._changes = changes
         self._config = config
         self._store = store
-        self.work_root = config.storage_dir / WORK_DIR
+        # Absolute: ffmpeg runs in the job's directory, where a relative STORAGE_DIR
+        # (the default, `storage`) would name another place.
+        self.work_root = (config.storage_dir / WORK_DIR).absolute()
 
     async def process(self, video_id: int) -> bool:
         """Make the video ready; False when there was nothing to do (gone, or settled).
@@ -129,7 +131,7 @@ class Processor:
         if local is not None:
             if not await asyncio.to_thread(local.is_file):
                 raise MediaError("The uploaded file is missing")
-            return local
+            return local.absolute()
         # The key's extension stays: the probe and ffmpeg may use it as a hint.
         fetched = work / f"source{Path(key).suffix}"
         try:
