@@ -17,6 +17,7 @@ from aiohttp import web
 from server.core.errors import NotFound
 from server.core.ids import parse_video_id
 from server.core.keys import CONFIG_KEY, DB_KEY
+from server.storage.cache import read_whole
 from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
 
 from .files import etag_for
@@ -76,11 +77,9 @@ async def artifact(request: web.Request) -> web.Response:
                       if_modified_since=request.headers.get("If-Modified-Since"))
     if evaluate_preconditions(request.method, cond, validators) is Precondition.NOT_MODIFIED:
         return web.Response(status=304, headers=headers)
-    cache = request.app[NODE_CACHE_KEY]
     try:
         # With a bucket, through this node's cache: posters are asked for with every list.
-        body = await (cache.read_small(key) if cache is not None
-                      else request.app[STORE_KEY].get_bytes(key))
+        body = await read_whole(request.app[STORE_KEY], request.app[NODE_CACHE_KEY], key)
     except FileNotFoundError:
         raise ArtifactNotFound() from None
     if sprite_query is not None:

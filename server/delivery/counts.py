@@ -33,6 +33,15 @@ class StreamCounts:
         self.hits = 0
         self.misses = 0
 
+    def answered(self, kind: str) -> None:
+        """Count an answer of the general or the forwarding path by its kind."""
+        if kind == "full":
+            self.full += 1
+        elif kind == "single":
+            self.single += 1
+        else:
+            self.multi += 1
+
     def families(self) -> list[Metric]:
         kinds = CounterMetricFamily("tubelet_stream_requests",
                                     "Stream requests by the answer's kind", labels=["kind"])

@@ -18,7 +18,6 @@ stream answers with a redirect to a presigned bucket URL instead.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiohttp import HttpVersion11, web
@@ -33,6 +32,7 @@ from server.storage.keys import NODE_CACHE_KEY, STORE_KEY
 from server.storage.store import MediaStore
 
 from . import artifacts, remote
+from .answers import answer
 from .files import VideoFile, VideoFiles
 from .ranges import (
     ByteRange,
@@ -40,7 +40,6 @@ from .ranges import (
     Precondition,
     RangeOutcome,
     evaluate_preconditions,
-    multipart_layout,
     plan_ranges,
     range_applies,
 )
@@ -164,41 +163,20 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
                        "None of the requested ranges can be satisfied",
                        {**uncacheable(headers), "Content-Range": f"bytes */{video.size}"})
 
+    planned = answer(plan, video)
     transport = request.transport
     file = cache.open_present(video_id, video, transport)
     if file is None:
         if cache.node_cache is None:
             raise VideoNotFound()
-        return await remote.forward(request, video_id, video, plan, cache)
+        return await remote.forward(request, video_id, video, planned, cache)
     if cache.node_cache is not None:
         cache.node_cache.counts.hits += 1
+    counts.answered(planned.kind)
     response: FileBodyResponse | None = None
     try:
-        if plan.outcome is RangeOutcome.FULL:
-            counts.full += 1
-            response = FileBodyResponse(status=200, headers={
-                **headers, "Content-Type": video.content_type,
-                "Content-Length": str(video.size)})
-            await send(request, response, file.fd, [ByteRange(0, video.size - 1)])
-        elif len(plan.ranges) == 1:
-            counts.single += 1
-            only = plan.ranges[0]
-            response = FileBodyResponse(status=206, headers={
-                **headers, "Content-Range": only.content_range(video.size),
-                "Content-Type": video.content_type, "Content-Length": str(only.length)})
-            await send(request, response, file.fd, [only])
-        else:
-            counts.multi += 1
-            layout = multipart_layout(plan.ranges, video.size, video.content_type,
-                                      secrets.token_hex(12))
-            response = FileBodyResponse(status=206, headers={
-                **headers, "Content-Type": layout.content_type,
-                "Content-Length": str(layout.content_length)})
-            body: list[bytes | ByteRange] = []
-            for part_header, part in layout.parts:
-                body += [part_header, part]
-            body.append(layout.closing)
-            await send(request, response, file.fd, body)
+        response = FileBodyResponse(status=planned.status, headers=planned.headers)
+        await send(request, response, file.fd, planned.body)
     finally:
         file.release(transport)
         if response is not None:

@@ -14,15 +14,14 @@ A private video's URL lives PRIVATE_REDIRECT_TTL seconds at most.
 
 from __future__ import annotations
 
-import secrets
-
 from aiohttp import web
 
 from server.catalog.records import VideoNotFound
 from server.storage.store import MediaStore, RangeBody
 
+from .answers import Answer
 from .files import Senders, VideoFile, VideoFileCache
-from .ranges import ByteRange, RangeOutcome, RangePlan, multipart_layout
+from .ranges import ByteRange
 from .sendfile import abandon
 
 PRIVATE_REDIRECT_TTL = 300
@@ -51,39 +50,14 @@ async def redirect(request: web.Request, redirects: Redirects,
     return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
-async def forward(request: web.Request, video_id: int, video: VideoFile, plan: RangePlan,
+async def forward(request: web.Request, video_id: int, video: VideoFile, planned: Answer,
                   cache: VideoFileCache) -> web.StreamResponse:
     node_cache = cache.node_cache
     assert node_cache is not None
     node_cache.want(video.key, video.size)
     counts = cache.counts
-    headers = video.headers
-    body: list[bytes | ByteRange]
-    if plan.outcome is RangeOutcome.FULL:
-        counts.full += 1
-        status = 200
-        headers = {**headers, "Content-Type": video.content_type,
-                   "Content-Length": str(video.size)}
-        body = [ByteRange(0, video.size - 1)] if video.size else []
-    elif len(plan.ranges) == 1:
-        counts.single += 1
-        only = plan.ranges[0]
-        status = 206
-        headers = {**headers, "Content-Range": only.content_range(video.size),
-                   "Content-Type": video.content_type, "Content-Length": str(only.length)}
-        body = [only]
-    else:
-        counts.multi += 1
-        layout = multipart_layout(plan.ranges, video.size, video.content_type,
-                                  secrets.token_hex(12))
-        status = 206
-        headers = {**headers, "Content-Type": layout.content_type,
-                   "Content-Length": str(layout.content_length)}
-        body = []
-        for part_header, part in layout.parts:
-            body += [part_header, part]
-        body.append(layout.closing)
-
+    counts.answered(planned.kind)
+    body = planned.body
     transport = request.transport
     senders = cache.proxying.get(video_id)
     if senders is None:
@@ -92,7 +66,7 @@ async def forward(request: web.Request, video_id: int, video: VideoFile, plan: R
         senders.streams.add(transport)
     sent = 0
     try:
-        response = web.StreamResponse(status=status, headers=headers)
+        response = web.StreamResponse(status=planned.status, headers=planned.headers)
         opened: RangeBody | None = None
         if request.method != "HEAD":
             first = next((piece for piece in body if isinstance(piece, ByteRange)), None)
