@@ -23,7 +23,7 @@ from server.core.ids import parse_id
 from server.core.ratelimit import ActionThrottle
 from server.core.storage import new_storage_key
 from server.core.validation import clean_text, read_json_object, string_field
-from server.storage.cache import NodeCache
+from server.storage.cache import NodeCache, read_whole
 from server.storage.store import MediaStore
 
 from .auth import UNAUTHORIZED, authenticated_user
@@ -152,9 +152,7 @@ class Profiles:
 
     async def read_avatar(self, key: str) -> bytes:
         try:
-            if self._cache is not None:
-                return await self._cache.read_small(key)
-            return await self._store.get_bytes(key)
+            return await read_whole(self._store, self._cache, key)
         except FileNotFoundError:
             raise NotFound("This user has no avatar") from None
 

@@ -89,7 +89,7 @@ class ChatStore:
         self._db = db
 
     async def room(self, room_id: int | None) -> ChatRoom:
-        row = None if room_id is None else await self._db.one("chat_room", {"id": room_id})
+        row = None if room_id is None else await self._db.one("room_by_id", {"id": room_id})
         if row is None:
             raise RoomNotFound()
         return ChatRoom(row["id"], row["livekit_room"], row["status"] == "active")

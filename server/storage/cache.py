@@ -252,6 +252,14 @@ class NodeCache:
         await self.wait_fills()
 
 
+async def read_whole(store: MediaStore, cache: NodeCache | None, key: str) -> bytes:
+    """A small stored file (a poster, a storyboard, an avatar) whole: through this node's
+    cache when media is in a bucket, from the store itself otherwise."""
+    if cache is not None:
+        return await cache.read_small(key)
+    return await store.get_bytes(key)
+
+
 def _owner_alive(pid: str) -> bool:
     """Whether the process that left a part still runs. Our own pid is an
     earlier process's (containers reuse pids): this one knows its own fills."""

@@ -1,7 +1,4 @@
--- A live room's chat: its messages, and what the chat needs to know of the room.
-
--- name: chat_room
-SELECT id, livekit_room, status FROM rooms WHERE id = %(id)s;
+-- A live room's chat: its messages (the room itself is rooms.sql's room_by_id).
 
 -- name: chat_insert_message
 -- Only into a room still active, in one statement: a post racing the room's end
