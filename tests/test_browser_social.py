@@ -8,45 +8,26 @@ import asyncio
 import re
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from server.app import create_app
-from server.core.config import Config
-
-from .browser import PASSWORD, launch
+from .browser import PASSWORD
 from .conftest import fake_mp4, make_ready, query, require_tool
-from .test_browser import CSP_WATCH, sign_in, upload_with
+from .test_browser import (  # noqa: F401 (fixtures)
+    CSP_WATCH,
+    Serve,
+    browser,
+    serve,
+    sign_in,
+    upload_with,
+)
 
 pytestmark = pytest.mark.browser
-
-Serve = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-def serve(aiohttp_server: Any, make_config: Callable[..., Config]) -> Serve:
-    async def start(**overrides: Any) -> TestServer:
-        return await aiohttp_server(create_app(make_config(**overrides)), shutdown_timeout=2.0)
-
-    return start
-
-
-@pytest.fixture
-async def browser(serve: Serve) -> AsyncIterator[Browser]:
-    # Depends on `serve` so the browser closes before the servers stop.
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
 
 class Account:
     """A user made through the API, with a token for setting the scene."""

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,16 @@ import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from playwright.async_api import Page, Route, expect
 
 from server.app import create_app
 from server.core.config import Config
 
-from .browser import launch, sign_up
+from .browser import sign_up
 from .conftest import fake_mp4
+
+# Chromium, closed before this module's `serve` stops its servers.
+from .test_browser import browser  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -64,16 +67,6 @@ def serve(aiohttp_server: Any, make_config: Callable[..., Config]) -> Serve:
         return await aiohttp_server(app, shutdown_timeout=2.0), seen
 
     return start
-
-
-@pytest.fixture
-async def browser(serve: Serve) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture
