@@ -15,6 +15,11 @@ Two gaps in aiohttp (3.14) are closed here, in a RequestHandler subclass:
 the application with it. `setup` adds X-Content-Type-Options: nosniff to every response
 the application prepares.
 
+A `Lane` (the stream's fast lane, `server.delivery.lane`) may answer a request from the
+raw bytes of its head before aiohttp parses it: while a connection sends only requests the
+lane takes, aiohttp's parser never sees them. The first request it does not take goes to
+aiohttp, and so does everything after it on that connection.
+
 Requests by route and status, and their latency, are counted in `log_access`, which
 aiohttp calls once per request anyway, when the application has a `RequestStats`
 (metrics are on): no middleware, a dict look-up by route, one by status, a bisect.
@@ -25,18 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import error_response
 from .keys import CONFIG_KEY
-from .logs import JsonAccessLogger
+from .logs import JsonAccessLogger, TextAccessLogger
 from .metrics import LATENCY_BUCKETS, Histogram
 
 log = logging.getLogger(__name__)
@@ -91,11 +98,95 @@ class RequestStats:
         if status != 101:
             stats.latency.observe(seconds)
 
+    def count(self, resource: object, status: int, seconds: float) -> None:
+        """record() for a response made without a request object (a lane's)."""
+        stats = self.routes.get(resource)
+        if stats is None:
+            label = getattr(resource, "canonical", UNMATCHED)
+            stats = self.routes[resource] = RouteStats(label)
+        stats.statuses[status] += 1
+        stats.latency.observe(seconds)
+
     def __iter__(self) -> Iterator[RouteStats]:
         return iter(list(self.routes.values()))
 
 
 REQUEST_STATS_KEY: web.AppKey[RequestStats] = web.AppKey("request_stats")
+
+
+class LaneConnection(Protocol):
+    """What a lane gets of the connection whose request it answers."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def lane_socket(self) -> Any: ...
+
+    @property
+    def lane_raw(self) -> socket.socket | None:
+        """The connection's socket object itself, where the event loop exposes it."""
+
+    def lane_done(self, status: int, keep_alive: bool, sent: int) -> None:
+        """The response is complete (or failed, with keep_alive False)."""
+
+    def lane_hold(self) -> None:
+        """The response goes on after answer() returns: no next request until lane_done."""
+
+    def lane_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the rest of a held response; cancelled if the connection is lost first."""
+
+
+class Lane(Protocol):
+    """Answers some requests from the raw bytes of a head that arrived in one piece."""
+
+    # The router's resource the lane's answers are counted under.
+    route: object
+    # The application, for access loggers that read its settings.
+    app: web.Application | None
+
+    def answer(self, conn: LaneConnection, head: bytes) -> bool:
+        """True when the request was taken (answered now, or held and answered later)."""
+
+
+class LaneRequest:
+    """What an access logger reads of a request, for a request a lane answered."""
+
+    __slots__ = ("remote", "method", "path", "path_qs", "version", "headers", "app")
+
+    def __init__(self, head: bytes, remote: str | None, app: web.Application | None) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ", 2)
+        self.method = method
+        self.path_qs = target
+        self.path = target.partition("?")[0]
+        self.version = HttpVersion11 if version == "HTTP/1.1" else HttpVersion10
+        fields: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                fields.add(name, value.strip(" \t"))
+        self.headers = CIMultiDictProxy(fields)
+        self.remote = remote
+        self.app = app
+
+
+class LaneResponse:
+    """What an access logger reads of a response a lane sent."""
+
+    __slots__ = ("status", "body_length", "headers")
+
+    def __init__(self, status: int, body_length: int) -> None:
+        self.status = status
+        self.body_length = body_length
+        self.headers: CIMultiDictProxy[str] = EMPTY_HEADERS
+
+
+EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+# Set by the feature that owns a lane; read when the server is built.
+LANE_KEY: web.AppKey[Lane] = web.AppKey("lane")
 
 
 class HardenedRequestHandler(RequestHandler):
@@ -106,15 +197,26 @@ class HardenedRequestHandler(RequestHandler):
     arrives in one piece, as nearly all do, costs no timer at all after the first.
     """
 
-    __slots__ = ("_header_timeout", "_head_timer", "_stats", "_access_enabled")
+    __slots__ = ("_header_timeout", "_head_timer", "_stats", "_access_enabled", "_lane",
+                 "lane_socket", "lane_raw", "_lane_started", "_lane_held", "_lane_head",
+                 "_lane_timed")
 
     def __init__(self, manager: web.Server, *, header_timeout: float,
-                 stats: RequestStats | None = None, **kwargs: Any) -> None:
+                 stats: RequestStats | None = None, lane: Lane | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._stats = stats
         self._access_enabled = self._logging_enabled
+        self._lane = lane
+        # The lane's answers are timed for the request metrics and the access log.
+        self._lane_timed = stats is not None or self._access_enabled
+        self._lane_head = b""
+        self.lane_socket: Any = None
+        self.lane_raw: socket.socket | None = None
+        self._lane_started = 0.0
+        self._lane_held: asyncio.Task[None] | None = None
         if stats is not None:
             # aiohttp reads the clock at each request's start only for its access log.
             self._logging_enabled = True
@@ -131,15 +233,35 @@ class HardenedRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._lane is not None:
+            # A plain TCP socket: the lane writes to it directly (not through TLS).
+            if transport.get_extra_info("sslcontext") is None:
+                self.lane_socket = transport.get_extra_info("socket")
+            if self.lane_socket is None:
+                self._lane = None
+            # asyncio's TransportSocket wraps the socket object it hides; uvloop's has none.
+            raw = getattr(self.lane_socket, "_sock", None)
+            self.lane_raw = raw if isinstance(raw, socket.socket) else None
         self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._lane_held is not None:
+            self._lane_held.cancel()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        lane = self._lane
+        if lane is not None:
+            if data[-4:] == b"\r\n\r\n" and not self._force_close and not self._close:
+                if self._lane_timed:
+                    self._lane_started = self._loop.time()
+                    self._lane_head = data
+                if lane.answer(self, data):
+                    return
+            self._lane = None  # aiohttp has this connection from now on
         before = self._request_count
         super().data_received(data)
         added = self._request_count - before
@@ -160,6 +282,44 @@ class HardenedRequestHandler(RequestHandler):
             # The first bytes of the next head on a kept-alive connection.
             self._head_timer = self._loop.call_later(self._header_timeout,
                                                      self._head_timed_out)
+
+    def lane_done(self, status: int, keep_alive: bool, sent: int) -> None:
+        held, self._lane_held = self._lane_held, None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        manager = self._manager
+        if manager is None:
+            return  # the connection is gone
+        manager.requests_count += 1
+        if self._lane_timed and self._lane is not None:
+            elapsed = self._loop.time() - self._lane_started
+            if self._stats is not None:
+                self._stats.count(self._lane.route, status, elapsed)
+            if self._access_enabled and self.access_logger is not None:
+                remote = self.peername
+                request = LaneRequest(self._lane_head, None if remote is None else str(
+                    remote[0] if isinstance(remote, (list, tuple)) else remote), self._lane.app)
+                self.access_logger.log(request, LaneResponse(status, sent),  # type: ignore[arg-type]
+                                       elapsed)
+        transport = self.transport
+        if not keep_alive or transport is None or transport.is_closing():
+            self.force_close()
+            return
+        if self._keepalive_timeout > 0:
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        if held is not None:
+            transport.resume_reading()
+
+    def lane_hold(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def lane_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._lane_held = self._loop.create_task(coro)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -189,14 +349,15 @@ class HardenedServer(web.Server):
 
     def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
                  *, header_timeout: float, stats: RequestStats | None = None,
-                 **kwargs: Any) -> None:
+                 lane: Lane | None = None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._stats = stats
+        self._lane = lane
 
     def __call__(self) -> RequestHandler:
         return HardenedRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
-                                      stats=self._stats, **self._kwargs)
+                                      stats=self._stats, lane=self._lane, **self._kwargs)
 
 
 class AppRunner(web.AppRunner):
@@ -211,8 +372,8 @@ class AppRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, header_timeout: float,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, **kwargs: Any) -> None:
         config = app.get(CONFIG_KEY)
-        if config is not None and config.log_format == "json":
-            kwargs.setdefault("access_log_class", JsonAccessLogger)
+        json_log = config is not None and config.log_format == "json"
+        kwargs.setdefault("access_log_class", JsonAccessLogger if json_log else TextAccessLogger)
         super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
         self._header_timeout = header_timeout
 
@@ -223,7 +384,8 @@ class AppRunner(web.AppRunner):
         return HardenedServer(plain.request_handler, request_factory=plain.request_factory,
                               handler_cancellation=plain.handler_cancellation,
                               loop=plain._loop, header_timeout=self._header_timeout,
-                              stats=self._app.get(REQUEST_STATS_KEY), **plain._kwargs)
+                              stats=self._app.get(REQUEST_STATS_KEY),
+                              lane=self._app.get(LANE_KEY), **plain._kwargs)
 
 
 async def nosniff(request: web.Request, response: web.StreamResponse) -> None:

@@ -17,7 +17,6 @@ stream answers with a redirect to a presigned bucket URL instead.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiohttp import HttpVersion11, web
@@ -25,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 
 from server.catalog.records import VideoNotFound
 from server.core.errors import ApiError
+from server.core.http import LANE_KEY
 from server.core.ids import parse_video_id
 from server.core.keys import CHANGES_KEY, CONFIG_KEY, DB_KEY
 from server.core.metrics import METRICS_KEY
@@ -34,12 +34,14 @@ from server.storage.store import MediaStore
 from . import artifacts, remote
 from .answers import answer
 from .files import VideoFile, VideoFiles
+from .lane import StreamLane
 from .ranges import (
     ByteRange,
     Conditions,
     Precondition,
     RangeOutcome,
     evaluate_preconditions,
+    plain_span,
     plan_ranges,
     range_applies,
 )
@@ -184,28 +186,6 @@ async def stream_general(request: web.Request, video_id: int, video: VideoFile,
     return response
 
 
-# The form players send, "bytes=first-" or "bytes=first-last"; plan_ranges has the rest.
-_SIMPLE_RANGE_RE = re.compile(r"bytes=([0-9]{1,15})-([0-9]{0,15})")
-
-
-def plain_span(range_header: str | None, size: int) -> tuple[int, int, bool] | None:
-    """(first, last, partial) for a whole-file GET or one plain satisfiable range.
-
-    None for anything else (empty files, suffix ranges, lists, bad syntax), which
-    plan_ranges answers; where both answer, they agree (a test checks).
-    """
-    if range_header is None:
-        return (0, size - 1, False) if size else None
-    m = _SIMPLE_RANGE_RE.fullmatch(range_header)
-    if m is None:
-        return None
-    first, last = int(m[1]), m[2]
-    end = min(int(last), size - 1) if last else size - 1
-    if first > end:
-        return None
-    return first, end, True
-
-
 async def send(request: web.Request, response: FileBodyResponse, fd: int,
                body: Sequence[bytes | ByteRange]) -> None:
     """Prepare `response` and write `body`: literal bytes, and file ranges by sendfile.
@@ -245,6 +225,8 @@ async def files_ctx(app: web.Application) -> AsyncIterator[None]:
         files.redirect = remote.Redirects(store, config.stream_cache_seconds,
                                           config.stream_url_ttl)
     app[FILES_KEY] = files
+    if files.redirect is None:
+        app[LANE_KEY] = StreamLane(files.cache, app.router["stream"], app)
     app[CHANGES_KEY].subscribe(files.changed)
     counts = files.cache.counts
 

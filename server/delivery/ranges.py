@@ -371,3 +371,25 @@ def multipart_layout(
         content_length=total,
         content_type=f"multipart/byteranges; boundary={param}",
     )
+
+
+# The form players send, "bytes=first-" or "bytes=first-last"; plan_ranges has the rest.
+_SIMPLE_RANGE_RE = re.compile(r"bytes=([0-9]{1,15})-([0-9]{0,15})")
+
+
+def plain_span(range_header: str | None, size: int) -> tuple[int, int, bool] | None:
+    """(first, last, partial) for a whole-file GET or one plain satisfiable range.
+
+    None for anything else (empty files, suffix ranges, lists, bad syntax), which
+    plan_ranges answers; where both answer, they agree (a test checks).
+    """
+    if range_header is None:
+        return (0, size - 1, False) if size else None
+    m = _SIMPLE_RANGE_RE.fullmatch(range_header)
+    if m is None:
+        return None
+    first, last = int(m[1]), m[2]
+    end = min(int(last), size - 1) if last else size - 1
+    if first > end:
+        return None
+    return first, end, True

@@ -59,7 +59,7 @@ async def sendfile(transport: asyncio.WriteTransport | None, sock: Any, fd: int,
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
     if sock is not None and count and not transport.get_write_buffer_size():
-        sent = _sendfile_once(sock.fileno(), fd, offset, count)
+        sent = sendfile_once(sock.fileno(), fd, offset, count)
         response.file_bytes += sent
         offset += sent
         count -= sent
@@ -159,7 +159,7 @@ def shut_down(sock: Any) -> None:
             raw.detach()
 
 
-def _sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+def sendfile_once(out_fd: int, in_fd: int, offset: int, count: int) -> int:
     """One non-blocking sendfile(2); 0 when the socket is full or the call is not possible."""
     try:
         return os.sendfile(out_fd, in_fd, offset, count)
