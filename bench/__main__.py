@@ -71,7 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--whole-connections", type=int, default=4, help="row c connections")
     parser.add_argument("--file-mib", type=int, default=64, help="size of the served file")
     parser.add_argument("--workers", type=int, default=2, help="WORKERS for the scaling row")
-    parser.add_argument("--viewers", help="comma list of N for row d (default 1000,5000,10000)")
+    parser.add_argument("--viewers", help="comma list of N for row d (default "
+                        "1000,10000,100000; an N past what the open-file limit allows is "
+                        "measured at the most it allows)")
     parser.add_argument("--viewer-procs", type=int, default=2,
                         help="client processes that hold row d's WebSockets")
     parser.add_argument("--trials", type=int,
@@ -99,7 +101,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if quick else 5)
     args.trials = args.trials or (3 if quick else 5)
     args.viewers = [int(n) for n in (args.viewers or ("200,1000" if quick
-                                                      else "1000,5000,10000")).split(",")]
+                                                      else "1000,10000,100000")).split(",")]
     args.large_gib = args.large_gib if args.large_gib is not None else (0.25 if quick else 2.0)
     args.clip_seconds = args.clip_seconds or (8.0 if quick else 30.0)
     args.media_rounds = args.media_rounds or (1 if quick else 3)

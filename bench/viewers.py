@@ -125,13 +125,17 @@ def handshake(host: str, port: int, path: str, agent: str) -> bytes:
 
 def agent(number: int) -> str:
     """A User-Agent of its own for each socket: the server counts distinct viewers
-    (address and User-Agent), and every bench socket comes from 127.0.0.1."""
+    (address and User-Agent), and many bench sockets share one loopback address."""
     return f"tubelet-bench/{os.getpid()}.{number}"
 
 
 class Client:
-    def __init__(self, host: str, port: int, path: str, count: int) -> None:
+    def __init__(self, host: str, port: int, path: str, count: int,
+                 source: str | None = None) -> None:
         self.host, self.port, self.path, self.count = host, port, path, count
+        # A loopback address of this client's own (127.0.0.x): one source address reaches
+        # one server port through at most ip_local_port_range's ~28,000 ports.
+        self.source = source
         self.sockets: list[ViewerSocket] = []
         self.arrived = 0
         self.changed = asyncio.Event()
@@ -148,7 +152,8 @@ class Client:
                 request = handshake(self.host, self.port, self.path, agent(number))
                 try:
                     _, sock = await loop.create_connection(
-                        lambda: ViewerSocket(request, ready, self), self.host, self.port)
+                        lambda: ViewerSocket(request, ready, self), self.host, self.port,
+                        local_addr=None if self.source is None else (self.source, 0))
                     await asyncio.wait_for(ready, 60)
                 except (TimeoutError, OSError) as exc:
                     failures.append(repr(exc))
@@ -220,7 +225,8 @@ async def serve(client: Client) -> None:
 
 def main(argv: list[str]) -> int:
     host, port, path, count = argv[0], int(argv[1]), argv[2], int(argv[3])
-    asyncio.run(serve(Client(host, port, path, count)))
+    source = argv[4] if len(argv) > 4 else None
+    asyncio.run(serve(Client(host, port, path, count, source)))
     return 0
 
 

@@ -185,6 +185,56 @@ class LaneResponse:
 EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
+class TakenOver(web.StreamResponse):
+    """What a handler returns for a connection it took from aiohttp (`take_over`)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status=status)
+
+    @property
+    def keep_alive(self) -> bool:
+        return False
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def take_over(request: web.BaseRequest, protocol: asyncio.Protocol) -> tuple[
+        asyncio.Transport, bytes]:
+    """Hand the request's connection to `protocol`: aiohttp forgets it (aiohttp 3.14).
+
+    For a WebSocket whose upgrade the handler answers itself: from here on the
+    transport's bytes go to `protocol`, and aiohttp's connection handler lets go of the
+    transport without closing it, leaves the server's connections once the handler
+    returns (a `TakenOver` response), and frees its parser. Returns the transport and
+    the bytes that arrived after the request head, which are now `protocol`'s.
+    """
+    handler = request.protocol
+    transport = request.transport
+    if not isinstance(handler, RequestHandler) or transport is None or transport.is_closing():
+        raise ConnectionResetError("the connection is gone")
+    tail = handler._message_tail
+    handler._message_tail = b""
+    manager = handler._manager
+    if manager is not None:
+        manager.connection_lost(handler, None)
+    handler._manager = None
+    handler._force_close = True
+    if handler._keepalive_handle is not None:
+        handler._keepalive_handle.cancel()
+        handler._keepalive_handle = None
+    if isinstance(handler, HardenedRequestHandler) and handler._head_timer is not None:
+        handler._head_timer.cancel()
+        handler._head_timer = None
+    handler._parser = None
+    handler.transport = None
+    transport.set_protocol(protocol)
+    return transport, tail
+
+
 # Set by the feature that owns a lane; read when the server is built.
 LANE_KEY: web.AppKey[Lane] = web.AppKey("lane")
 

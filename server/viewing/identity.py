@@ -33,3 +33,8 @@ def identify(request: web.Request, user_id: int | None) -> Watcher:
     agent = request.headers.get("User-Agent", "")
     return Watcher(viewer_key(user_id, address, agent, secret), ip_key(address, secret),
                    is_bot(agent))
+
+
+def signed_in(watcher: Watcher, user_id: int) -> Watcher:
+    """The same watcher once signed in: its account is its viewer key from now on."""
+    return Watcher(viewer_key(user_id, None, "", b""), watcher.ip, watcher.bot)

@@ -6,7 +6,8 @@
     hub.py          the rooms, each socket's Redis work in order, the heartbeat
     deletions.py    closing the sockets of deleted videos, in every process
     bans.py         closing the sockets of banned users, in every process
-    websocket.py    GET /videos/{id}/active-viewers
+    sockets.py      an open socket after the upgrade: its frames and the heartbeat sweep
+    websocket.py    GET /videos/{id}/active-viewers, and the sockets' messages
 
 Active viewers are distinct viewers: the viewer key of view counting (the
 account, else a keyed hash of address and User-Agent), so the tabs of one person
@@ -23,6 +24,8 @@ handshake, only a close code).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -41,8 +44,9 @@ from .broadcaster import TICK, Broadcaster
 from .deletions import VideoExists
 from .hub import PresenceHub
 from .room import BANNED, DELETED, TOO_MANY, Connection, state_text, text_frame
+from .sockets import Heartbeat
 from .store import VIEWERS_CHANGED, PresenceStore
-from .websocket import PRESENCE_KEY, active_viewers
+from .websocket import MESSAGES_KEY, PRESENCE_KEY, ViewerMessages, active_viewers
 
 __all__ = ["BANNED", "DELETED", "PRESENCE_KEY", "TICK", "TOO_MANY", "Connection", "PresenceHub",
            "setup", "state_text", "text_frame"]
@@ -76,11 +80,18 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CHANGES_KEY].subscribe(hub.deletions.changed)
     standing.on_banned(hub.bans.banned)
     app[METRICS_KEY].add("viewer sockets", partial(socket_families, hub))
+    heartbeat = Heartbeat(config.heartbeat)
+    messages = app[MESSAGES_KEY] = ViewerMessages(app, hub, app[VIEWS_KEY], heartbeat)
     hub.start()
+    beat = asyncio.create_task(heartbeat.run(), name="viewer-socket-heartbeat")
     try:
         yield
     finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         await hub.stop()
+        await messages.stop()
 
 
 async def close_sockets(app: web.Application) -> None:

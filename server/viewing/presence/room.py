@@ -8,9 +8,12 @@ import json
 import math
 import secrets
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
+from ..identity import Watcher
+
+if TYPE_CHECKING:
+    from .sockets import ViewerSocket
 
 # Unsent bytes past which a socket is skipped until it catches up.
 BACKLOG_LIMIT = 64 * 1024
@@ -46,19 +49,39 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
+class Reader(Protocol):
+    """Who reads a connection's messages (websocket.ViewerMessages)."""
+
+    def message(self, conn: Connection, text: str | None) -> None: ...
+
+    def lost(self, conn: Connection) -> None: ...
+
+
 class Connection:
-    """One open socket: whose it is, and the last state written to it."""
+    """One open socket: whose it is, and the last state written to it.
+
+    It owns its `ViewerSocket` (sockets.py) and passes its messages on to `reader`.
+    """
 
     __slots__ = ("video_id", "conn_id", "ws", "transport", "viewer", "address", "user_id",
-                 "sent", "last_step", "left")
+                 "sent", "last_step", "left", "reader", "watcher", "duration", "last_report",
+                 "joined", "counted")
 
-    def __init__(self, video_id: int, ws: web.WebSocketResponse,
+    def __init__(self, video_id: int, ws: ViewerSocket | None,
                  transport: asyncio.Transport | None, *, viewer: str, address: str,
                  user_id: int | None = None) -> None:
         self.video_id = video_id
         self.conn_id = secrets.token_hex(8)
         self.ws = ws
         self.transport = transport
+        self.reader: Reader | None = None
+        # The watcher the socket's playback reports count for, and the video's duration.
+        self.watcher: Watcher | None = None
+        self.duration: float | None = None
+        self.last_report = -math.inf
+        # hub.join() has returned; the socket counts in hub.sockets until it leaves.
+        self.joined = False
+        self.counted = False
         # The viewer key (changes when the socket signs in) and the address bucket's key.
         self.viewer = viewer
         self.address = address
@@ -71,8 +94,17 @@ class Connection:
 
     async def close(self, code: int, message: bytes) -> None:
         """Close the socket, waiting at most CLOSE_TIMEOUT for the client's answer."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_TIMEOUT)
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, message)
+
+    def message(self, sock: ViewerSocket, text: str | None) -> None:
+        if self.reader is not None:
+            self.reader.message(self, text)
+
+    def lost(self, sock: ViewerSocket) -> None:
+        if self.reader is not None:
+            self.reader.lost(self)
 
     def deliver(self, text: str, frame: bytes) -> bool:
         """Write `frame` (the encoding of `text`) now; False if the client is behind.
@@ -82,7 +114,7 @@ class Connection:
         """
         transport = self.transport
         # Not an isinstance test: uvloop's transports do not subclass asyncio.Transport.
-        if self.ws.closed or transport is None or transport.is_closing():
+        if self.ws is None or self.ws.closed or transport is None or transport.is_closing():
             return True
         if transport.get_write_buffer_size() > BACKLOG_LIMIT:
             return False

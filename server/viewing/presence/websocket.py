@@ -1,28 +1,34 @@
-"""GET /videos/{id}/active-viewers: live counts out, playback reports in."""
+"""GET /videos/{id}/active-viewers: live counts out, playback reports in.
+
+The handler checks the request, answers the upgrade itself and hands the connection to a
+`sockets.ViewerSocket`, so an open socket keeps no aiohttp request, handler task or
+reader (sockets.py says why). Its messages are read by `ViewerMessages`, one per
+application: playback reports go to view counting, `auth` messages sign the socket in.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import math
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
+from aiohttp.http import SERVER_SOFTWARE
 from redis.exceptions import RedisError
 
 from server.accounts.auth import optional_user, user_from_token
 from server.catalog.handlers import CATALOG_KEY
 from server.core.errors import ApiError, Unavailable
-from server.core.keys import CONFIG_KEY
+from server.core.http import TakenOver, take_over
 from server.core.origins import check_origin
 
-from ..counter import VIEWS_KEY
-from ..identity import Watcher, identify
+from ..counter import VIEWS_KEY, ViewCounter
+from ..identity import identify, signed_in
 from ..watch_rules import ReportError, parse_report
 from .hub import PresenceHub
 from .room import CLOSE_TIMEOUT, TOO_MANY, Connection, error_text
+from .sockets import Heartbeat, ViewerSocket, accept_value
 
 log = logging.getLogger(__package__)  # one logger for all of presence
 
@@ -30,11 +36,11 @@ MAX_MESSAGE = 4096
 MIN_REPORT_SPACING = 0.2
 
 PRESENCE_KEY: web.AppKey[PresenceHub] = web.AppKey("presence")
+MESSAGES_KEY: web.AppKey[ViewerMessages] = web.AppKey("viewer_messages")
 
 
 async def active_viewers(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config = app[CONFIG_KEY]
     check_origin(request)
     user_id = optional_user(request)
     # A private or removed video, or one by a banned author, has no public socket.
@@ -42,90 +48,143 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     # Only these live as long as the socket; the row (with its description) does not.
     video_id, duration, stored_views = row["id"], row["duration"], row["views"]
     del row
-    ws = web.WebSocketResponse(heartbeat=config.heartbeat, compress=False,
-                               max_msg_size=MAX_MESSAGE, timeout=CLOSE_TIMEOUT)
-    if not ws.can_prepare(request).ok:
+    # aiohttp's checks of the handshake (method, Upgrade, Connection, version, key).
+    if not web.WebSocketResponse(compress=False).can_prepare(request).ok:
         raise ApiError(426, "upgrade_required", "Open this URL as a WebSocket",
                        {"Upgrade": "websocket", "Connection": "Upgrade"})
     hub = app[PRESENCE_KEY]
     if hub.closing:
         raise Unavailable("The server is shutting down")
+    messages = app[MESSAGES_KEY]
     app[VIEWS_KEY].remember_duration(video_id, duration)
     watcher = identify(request, user_id)
-    await ws.prepare(request)
-    conn = Connection(video_id, ws, request.transport, viewer=watcher.viewer,
-                      address=watcher.ip, user_id=user_id)
-    hub.sockets += 1
+    conn = Connection(video_id, None, None, viewer=watcher.viewer, address=watcher.ip,
+                      user_id=user_id)
+    conn.reader = messages
+    conn.watcher = watcher
+    conn.duration = duration
+    sock = ViewerSocket(None, conn, messages.heartbeat, MAX_MESSAGE, CLOSE_TIMEOUT)
     try:
-        if await hub.join(conn, stored_views):
-            await _receive(request, hub, conn, watcher, duration)
-        else:
+        transport, tail = take_over(request, sock)
+    except ConnectionError:
+        sock.connection_lost(None)
+        return TakenOver(499)
+    sock.transport = transport
+    conn.ws = sock
+    conn.transport = transport
+    conn.counted = True
+    hub.sockets += 1
+    transport.write(switching_protocols(request.headers["Sec-WebSocket-Key"]))
+    if tail:
+        sock.data_received(tail)
+    del request
+    try:
+        if not await hub.join(conn, stored_views):
             # Accepted, then closed: a browser sees a close code, never an HTTP status.
-            await ws.close(code=TOO_MANY, message=b"too many connections from this address")
+            await sock.close(TOO_MANY, b"too many connections from this address")
     except (RedisError, OSError) as exc:
         log.warning("viewer socket failed: %r", exc)
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"Try again later")
+        await sock.close(WSCloseCode.TRY_AGAIN_LATER, b"Try again later")
     except Exception:
         log.exception("viewer socket failed")
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"Internal error")
+        await sock.close(WSCloseCode.INTERNAL_ERROR, b"Internal error")
     finally:
-        hub.sockets -= 1
-        await hub.leave(conn)
-    return ws
+        conn.joined = True
+        if sock.closed:
+            await messages.leave(conn)
+    return TakenOver(101)
 
 
-async def _receive(request: web.Request, hub: PresenceHub, conn: Connection, watcher: Watcher,
-                   duration: float | None) -> None:
-    ws = conn.ws
-    counter = request.app[VIEWS_KEY]
-    session = "ws-" + conn.conn_id
-    loop = asyncio.get_running_loop()
-    last_report = -math.inf
-    async for msg in ws:
-        if msg.type is WSMsgType.ERROR:
-            break
-        if msg.type is not WSMsgType.TEXT:
-            await _send_error(ws, "bad_message", "Send JSON text messages")
-            continue
+def switching_protocols(key: str) -> bytes:
+    """The 101 answer to a handshake aiohttp's checks accepted."""
+    from aiohttp.helpers import rfc822_formatted_time
+
+    return ("HTTP/1.1 101 Switching Protocols\r\n"
+            "Upgrade: websocket\r\nConnection: upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_value(key)}\r\n"
+            f"Date: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}\r\n"
+            "X-Content-Type-Options: nosniff\r\n\r\n").encode("latin-1")
+
+
+class ViewerMessages:
+    """Reads every viewer socket's messages, and lets sockets go when they close."""
+
+    def __init__(self, app: web.Application, hub: PresenceHub, counter: ViewCounter,
+                 heartbeat: Heartbeat) -> None:
+        self._app = app
+        self._hub = hub
+        self._counter = counter
+        self.heartbeat = heartbeat
+        self._work: set[asyncio.Future[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        work = asyncio.ensure_future(coro)
+        self._work.add(work)
+        work.add_done_callback(self._work.discard)
+
+    async def stop(self) -> None:
+        if self._work:
+            await asyncio.wait(list(self._work))
+
+    def lost(self, conn: Connection) -> None:
+        if conn.joined:
+            self._spawn(self.leave(conn))
+
+    async def leave(self, conn: Connection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._hub.sockets -= 1
+            await self._hub.leave(conn)
+
+    def message(self, conn: Connection, text: str | None) -> None:
+        sock = conn.ws
+        if sock is None:
+            return
+        if text is None:
+            sock.send_text(error_text("bad_message", "Send JSON text messages"))
+            return
         try:
-            body = json.loads(msg.data)
+            body = json.loads(text)
         except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
-            await _send_error(ws, "bad_message", "Messages must be JSON objects")
-            continue
+            sock.send_text(error_text("bad_message", "Messages must be JSON objects"))
+            return
         kind = body.get("type")
         if kind == "progress":
             try:
                 report = parse_report(body)
             except ReportError as exc:
-                await _send_error(ws, "bad_message", str(exc))
-                continue
+                sock.send_text(error_text("bad_message", str(exc)))
+                return
             # Reports closer together than this cannot earn anything; they only cost.
-            if loop.time() - last_report < MIN_REPORT_SPACING:
-                continue
-            last_report = loop.time()
-            try:
-                await counter.record(conn.video_id, duration, watcher, session, report)
-            except RedisError as exc:
-                log.warning("progress report dropped: %s", exc)
+            now = asyncio.get_running_loop().time()
+            if now - conn.last_report < MIN_REPORT_SPACING:
+                return
+            conn.last_report = now
+            self._spawn(self._record(conn, report))
         elif kind == "auth":
-            user_id = _token_user(request, body.get("token"))
+            token = body.get("token")
+            user_id = user_from_token(self._app, token.strip() if isinstance(token, str)
+                                      else None)
             if user_id is None:
-                await _send_error(ws, "invalid_token", "The access token is invalid or expired")
-                continue
+                sock.send_text(error_text("invalid_token",
+                                          "The access token is invalid or expired"))
+                return
             # Views and presence both follow the account from here on, and its ban.
+            if conn.watcher is None:
+                return
             conn.user_id = user_id
-            watcher = identify(request, user_id)
-            await hub.rekey(conn, watcher.viewer)
+            conn.watcher = signed_in(conn.watcher, user_id)
+            self._spawn(self._hub.rekey(conn, conn.watcher.viewer))
         else:
-            await _send_error(ws, "bad_message", "Unknown message type")
+            sock.send_text(error_text("bad_message", "Unknown message type"))
 
-
-def _token_user(request: web.Request, token: Any) -> int | None:
-    return user_from_token(request.app, token.strip() if isinstance(token, str) else None)
-
-
-async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_str(error_text(code, message))
+    async def _record(self, conn: Connection, report: Any) -> None:
+        if conn.watcher is None:
+            return
+        try:
+            await self._counter.record(conn.video_id, conn.duration, conn.watcher,
+                                       "ws-" + conn.conn_id, report)
+        except RedisError as exc:
+            log.warning("progress report dropped: %s", exc)
