@@ -176,6 +176,8 @@ async def test_the_lane_answers_as_the_handler_does(served, fields):
     "GET /videos/{id}/stream/ HTTP/1.1\r\nHost: x\r\n\r\n",
     "GET //videos/{id}/stream HTTP/1.1\r\nHost: x\r\n\r\n",
     "get {p} HTTP/1.1\r\nHost: x\r\n\r\n",
+    "GET {p} HTTP/1.1\r\nHost: x\r\nProxy-Connection: close\r\n\r\n",
+    "GET {p} HTTP/1.1\r\nHost: x\r\n" + "X-Many: 1\r\n" * 130 + "\r\n",
 ])
 async def test_what_the_lane_leaves_is_answered_by_aiohttp(served, raw):
     lane = await served()
@@ -282,6 +284,37 @@ async def test_a_body_larger_than_the_socket_takes_goes_out_whole_before_the_nex
     files = lane.app[FILES_KEY].cache
     handle = files._files.get(video["id"])
     assert handle is not None and handle.refs == 1  # every response released the file
+
+
+async def test_a_slow_reader_of_a_long_body_is_not_cut_off_by_idle_timers(served, client):
+    # Both timers look for a connection idle between requests; a lane response in
+    # progress is not one, however long it takes.
+    lane = await served(keepalive_timeout=0.5, header_timeout=0.5)
+    data = fake_mp4(BIG, seed=9)
+    video = await upload_ready(client, lane.token, io.BytesIO(data))  # type: ignore[arg-type]
+    path = f"/videos/{video['id']}/stream"
+    await lane.exchange(get(path, "Range: bytes=0-0"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane.port, limit=2**16)
+    try:
+        before = lane.lane.taken
+        writer.write(get(path))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        body = bytearray()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while len(body) < BIG:
+            chunk = await asyncio.wait_for(reader.read(256 * 1024), 5)
+            assert chunk, f"cut off after {len(body)} bytes"
+            body += chunk
+            if loop.time() - started < 2.0:
+                await asyncio.sleep(0.05)  # slower than the timers
+        assert bytes(body) == data
+        assert lane.lane.taken == before + 1
+        writer.write(get(path, "Range: bytes=5-9"))  # and the connection is still good
+        assert (await read_response(reader))[2] == data[5:10]
+    finally:
+        writer.close()
 
 
 async def test_a_client_gone_mid_body_releases_the_file(served, client):

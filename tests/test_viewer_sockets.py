@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from server.app import create_app
 from server.viewing.presence.sockets import Heartbeat, ViewerSocket, accept_value, unmask
+from server.viewing.presence.websocket import MESSAGES_KEY
 
 from .test_presence import agent, new_video, next_state, viewers
 
@@ -256,3 +257,67 @@ def test_unmask_is_xor_with_the_repeated_key():
     data = bytes(range(11))
     assert unmask(data, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     assert unmask(b"", mask) == b""
+
+
+async def test_a_flood_of_empty_fragments_is_refused_at_once(watch):
+    raw = await watch()
+    raw.send(client_frame(0x1, b"{", final=False) + client_frame(0x0, b"", final=False) * 100)
+    assert await raw.closed_with() == 1008
+
+
+async def test_a_client_that_sends_but_never_reads_is_dropped(watch):
+    raw = await watch()
+    ping = client_frame(0x9, b"p" * 125)
+    with contextlib.suppress(ConnectionError):
+        for _ in range(400):  # 50 KB of pings a round, never reading the pongs
+            raw.send(ping * 400)
+            await asyncio.wait_for(raw.writer.drain(), 5)
+            await asyncio.sleep(0)
+    # The server hung up: reading finds the end of what it had sent.
+    with contextlib.suppress(ConnectionError):
+        await asyncio.wait_for(raw.reader.read(), 10)
+
+
+async def test_a_message_sent_with_the_handshake_is_read_after_the_welcome(client):
+    video_id = await new_video(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /videos/{video_id}/active-viewers HTTP/1.1\r\nHost: x\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                 + client_frame(0x1, b'{"type": "nope"}'))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    raw = Raw(reader, writer)
+    first = json.loads((await raw.until(0x1)).decode())
+    assert first["video_id"] == video_id  # the welcome comes first
+    second = json.loads((await raw.until(0x1)).decode())
+    assert second["error"]["message"] == "Unknown message type"
+    raw.close()
+
+
+async def test_a_key_that_is_not_ascii_is_a_bad_request(client):
+    video_id = await new_video(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write((f"GET /videos/{video_id}/active-viewers HTTP/1.1\r\nHost: x\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: caf\u00e9caf\u00e9caf\u00e9caf\u00e9==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    writer.close()
+
+
+async def test_a_client_close_during_a_server_close_ends_it_at_once(client):
+    app = client.server.app
+    video_id = await new_video(client)
+    raw = await Raw.open(client, f"/videos/{video_id}/active-viewers", agent(1))
+    await raw.until(0x1)
+    sock = next(iter(app[MESSAGES_KEY].heartbeat.sockets))
+    closing = asyncio.ensure_future(sock.close(4000, b"bye"))
+    assert await raw.until(0x8) == struct.pack("!H", 4000) + b"bye"
+    started = asyncio.get_running_loop().time()
+    # Another frame, then the close answer, in one write: the close is still seen.
+    raw.send(client_frame(0x1, b"{}") + client_frame(0x8, struct.pack("!H", 4000)))
+    await asyncio.wait_for(closing, 5)
+    assert asyncio.get_running_loop().time() - started < 2  # not CLOSE_TIMEOUT
+    raw.close()

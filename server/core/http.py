@@ -155,7 +155,8 @@ class LaneRequest:
     __slots__ = ("remote", "method", "path", "path_qs", "version", "headers", "app")
 
     def __init__(self, head: bytes, remote: str | None, app: web.Application | None) -> None:
-        lines = head.decode("latin-1").split("\r\n")
+        # As aiohttp's parser decodes: UTF-8, undecodable bytes kept as surrogates.
+        lines = head.decode("utf-8", "surrogateescape").split("\r\n")
         method, target, version = lines[0].split(" ", 2)
         self.method = method
         self.path_qs = target
@@ -232,6 +233,8 @@ def take_over(request: web.BaseRequest, protocol: asyncio.Protocol) -> tuple[
     handler._parser = None
     handler.transport = None
     transport.set_protocol(protocol)
+    if not transport.is_reading():  # aiohttp paused it for a full buffer of its own
+        transport.resume_reading()
     return transport, tail
 
 
@@ -309,8 +312,12 @@ class HardenedRequestHandler(RequestHandler):
                 if self._lane_timed:
                     self._lane_started = self._loop.time()
                     self._lane_head = data
-                if lane.answer(self, data):
-                    return
+                try:
+                    if lane.answer(self, data):
+                        return
+                except Exception:
+                    # Nothing was written (a lane writes last): aiohttp answers instead.
+                    log.exception("the fast lane failed; aiohttp answers the request")
             self._lane = None  # aiohttp has this connection from now on
         before = self._request_count
         super().data_received(data)
@@ -335,6 +342,10 @@ class HardenedRequestHandler(RequestHandler):
 
     def lane_done(self, status: int, keep_alive: bool, sent: int) -> None:
         held, self._lane_held = self._lane_held, None
+        if held is not None:
+            self._request_in_progress = False
+            if self._handler_waiter is not None and not self._handler_waiter.done():
+                self._handler_waiter.set_result(None)  # a graceful shutdown waits for it
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -365,6 +376,16 @@ class HardenedRequestHandler(RequestHandler):
             transport.resume_reading()
 
     def lane_hold(self) -> None:
+        # A response in progress: no timer may take the connection for an idle one (both
+        # check only that aiohttp waits for a request, which it does throughout), and a
+        # graceful shutdown waits for it as for aiohttp's own (lane_done ends both).
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._request_in_progress = True
         if self.transport is not None:
             self.transport.pause_reading()
 

@@ -101,9 +101,10 @@ class TextAccessLogger(AccessLogger):
             super().log(request, response, time)
             return
         try:
-            second = int(time_mod.time())
+            second = int(time_mod.time() - time)  # when the request began, as aiohttp logs
             if second != self._second:
-                self._stamp = self._get_local_time().strftime("[%d/%b/%Y:%H:%M:%S %z]")
+                started = self._get_local_time() - datetime.timedelta(seconds=time)
+                self._stamp = started.strftime("[%d/%b/%Y:%H:%M:%S %z]")
                 self._second = second
             headers = request.headers
             version = request.version

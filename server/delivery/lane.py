@@ -46,9 +46,11 @@ _HEAD = re.compile(
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n")
 # Fields that make a request one for the handler (conditionals, a body, an upgrade,
 # an expectation); searched in the lower-cased head.
+# Proxy-Connection counts as Connection for aiohttp's parser (llhttp).
 _HANDLER_FIELDS = re.compile(
-    rb"\r\n(?:if-|content-length:|transfer-encoding:|upgrade:|expect:|te:)")
+    rb"\r\n(?:if-|content-length:|transfer-encoding:|upgrade:|expect:|te:|proxy-connection:)")
 _MAX_HEAD = 8190  # aiohttp's line limit: anything longer is for its parser to judge
+_MAX_FIELDS = 100  # aiohttp refuses more than 128 fields; many are for it to judge
 
 
 class StreamLane:
@@ -67,7 +69,7 @@ class StreamLane:
         self.taken = 0
 
     def answer(self, conn: LaneConnection, head: bytes) -> bool:
-        if len(head) > _MAX_HEAD:
+        if len(head) > _MAX_HEAD or head.count(b"\r\n") > _MAX_FIELDS:
             return False
         match = _HEAD.fullmatch(head)
         if match is None:
@@ -99,7 +101,11 @@ class StreamLane:
         if transport is None or transport.is_closing():
             return False
         assert video_id is not None
-        file = cache.open_present(video_id, video, transport)
+        try:
+            file = cache.open_present(video_id, video, transport)
+        except OSError as exc:  # out of descriptors, say: the handler answers, or says so
+            log.warning("the fast lane could not open video %d: %r", video_id, exc)
+            return False
         if file is None:
             return False  # gone, or not on this node yet: the handler answers
         counts = cache.counts
@@ -119,8 +125,8 @@ class StreamLane:
         sock = conn.lane_socket
         try:
             sent = _send(transport, sock, conn.lane_raw, head_bytes, file.fd, first, count)
-        except ConnectionError as exc:
-            log.debug("client left during a stream: %s", exc)
+        except OSError as exc:  # the client went away, or the socket failed
+            log.debug("client left during a stream: %r", exc)
             file.release(transport)
             transport.close()
             conn.lane_done(status, False, len(head_bytes))

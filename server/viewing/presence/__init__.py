@@ -95,7 +95,8 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def close_sockets(app: web.Application) -> None:
-    await app[PRESENCE_KEY].close_all()
+    # The hub closes the sockets in rooms; the rest are still joining.
+    await asyncio.gather(app[PRESENCE_KEY].close_all(), app[MESSAGES_KEY].close_all())
 
 
 def setup(app: web.Application) -> None:

@@ -65,7 +65,7 @@ class Connection:
 
     __slots__ = ("video_id", "conn_id", "ws", "transport", "viewer", "address", "user_id",
                  "sent", "last_step", "left", "reader", "watcher", "duration", "last_report",
-                 "joined", "counted")
+                 "joined", "counted", "admitted", "pending")
 
     def __init__(self, video_id: int, ws: ViewerSocket | None,
                  transport: asyncio.Transport | None, *, viewer: str, address: str,
@@ -82,6 +82,10 @@ class Connection:
         # hub.join() has returned; the socket counts in hub.sockets until it leaves.
         self.joined = False
         self.counted = False
+        # Whether hub.join() let it in (None while it decides), and the messages that
+        # arrived meanwhile, read once it is in.
+        self.admitted: bool | None = None
+        self.pending: list[str | None] | None = None
         # The viewer key (changes when the socket signs in) and the address bucket's key.
         self.viewer = viewer
         self.address = address

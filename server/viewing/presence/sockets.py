@@ -10,11 +10,12 @@ with a frame parser (RFC 6455, 5), no task, and a place in one `Heartbeat` sweep
 quiet sockets and drops those that do not answer, as aiohttp's heartbeat did.
 
 Frames from the client must be masked, with no reserved bits and no extensions; a message
-may be fragmented and may hold at most `max_message` bytes; text must be UTF-8. A frame
-breaking those rules closes the socket with 1002 (protocol error), 1009 (too big) or 1007
-(not UTF-8), as aiohttp closed it. A client's close frame is answered with 1000 and the
-connection is closed; a close the server starts waits `close_timeout` seconds for the
-client's answer.
+may be fragmented (in at most 64 pieces) and may hold at most `max_message` bytes; text
+must be UTF-8. A frame breaking those rules closes the socket with 1002 (protocol error),
+1009 (too big), 1008 (too many fragments) or 1007 (not UTF-8). A client that sends but
+does not read what it is answered is dropped once 256 KiB wait for it. A client's close
+frame is answered with 1000 and the connection is closed; a close the server starts waits
+`close_timeout` seconds for the client's answer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2,
 
 PROTOCOL_ERROR = 1002
 NOT_UTF8 = 1007
+POLICY = 1008
 TOO_BIG = 1009
+# Fragments of one message past which it is refused (each may be empty).
+MAX_FRAGMENTS = 64
+# Unsent bytes past which a client that sends but does not read is dropped.
+WRITE_LIMIT = 256 * 1024
 NORMAL = 1000
 # Close codes a peer may send (RFC 6455, 7.4.1, and the registry's 1012-1014).
 _VALID_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013,
@@ -97,8 +103,8 @@ class ViewerSocket(asyncio.Protocol):
     """An open WebSocket: parses the client's frames, writes the server's."""
 
     __slots__ = ("transport", "owner", "closed", "heard", "pinged", "_buf", "_parts",
-                 "_part_op", "_closing", "_closed_waiter", "_heartbeat", "_max_message",
-                 "_close_timeout")
+                 "_part_op", "_part_size", "_closing", "_closed_waiter", "_heartbeat",
+                 "_max_message", "_close_timeout")
 
     def __init__(self, transport: asyncio.Transport | None, owner: Owner, heartbeat: Heartbeat,
                  max_message: int, close_timeout: float) -> None:
@@ -110,6 +116,7 @@ class ViewerSocket(asyncio.Protocol):
         self._buf = b""
         self._parts: list[bytes] | None = None
         self._part_op = 0
+        self._part_size = 0
         self._closing = False
         self._closed_waiter: asyncio.Future[None] | None = None
         self._heartbeat = heartbeat
@@ -121,8 +128,14 @@ class ViewerSocket(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if not self._closing and transport is not None and not transport.is_closing():
-            transport.write(data)
+        if self._closing or transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WRITE_LIMIT:
+            # Pongs and error replies to a client that never reads them.
+            log.debug("dropping a viewer socket that does not read")
+            transport.abort()
+            return
+        transport.write(data)
 
     def send_text(self, text: str) -> None:
         self.write(frame(OP_TEXT, text.encode()))
@@ -217,8 +230,9 @@ class ViewerSocket(asyncio.Protocol):
             payload = unmask(buf[start + 4:end], buf[start:start + 4])
             pos = end
             self._frame(opcode, final, payload)
-            if self._closing:
-                return size
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return size  # failed, or closed after the client's close frame
         return pos
 
     def _frame(self, opcode: int, final: bool, payload: bytes) -> None:
@@ -236,13 +250,17 @@ class ViewerSocket(asyncio.Protocol):
             else:
                 self._parts = [payload]
                 self._part_op = opcode
+                self._part_size = len(payload)
         elif opcode == OP_CONTINUATION:
             parts = self._parts
             if parts is None:
                 raise FrameError(PROTOCOL_ERROR, "continuation of no message")
             parts.append(payload)
-            if sum(map(len, parts)) > self._max_message:
+            self._part_size += len(payload)
+            if self._part_size > self._max_message:
                 raise FrameError(TOO_BIG, "message too big")
+            if len(parts) > MAX_FRAGMENTS:
+                raise FrameError(POLICY, "too many fragments")
             if final:
                 self._parts = None
                 self._message(self._part_op, b"".join(parts))
@@ -250,6 +268,8 @@ class ViewerSocket(asyncio.Protocol):
             raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode}")
 
     def _message(self, opcode: int, payload: bytes) -> None:
+        if self._closing:
+            return  # the server is closing: only the client's close frame matters now
         if opcode == OP_BINARY:
             self.owner.message(self, None)
             return

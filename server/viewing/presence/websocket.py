@@ -34,6 +34,8 @@ log = logging.getLogger(__package__)  # one logger for all of presence
 
 MAX_MESSAGE = 4096
 MIN_REPORT_SPACING = 0.2
+# Messages kept from a socket that is still joining; more are dropped.
+MAX_PENDING = 8
 
 PRESENCE_KEY: web.AppKey[PresenceHub] = web.AppKey("presence")
 MESSAGES_KEY: web.AppKey[ViewerMessages] = web.AppKey("viewer_messages")
@@ -49,7 +51,11 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
     video_id, duration, stored_views = row["id"], row["duration"], row["views"]
     del row
     # aiohttp's checks of the handshake (method, Upgrade, Connection, version, key).
-    if not web.WebSocketResponse(compress=False).can_prepare(request).ok:
+    try:
+        ready = web.WebSocketResponse(compress=False).can_prepare(request).ok
+    except ValueError:  # a key aiohttp cannot even decode (not ASCII)
+        raise ApiError(400, "bad_handshake", "Sec-WebSocket-Key is not valid") from None
+    if not ready:
         raise ApiError(426, "upgrade_required", "Open this URL as a WebSocket",
                        {"Upgrade": "websocket", "Connection": "Upgrade"})
     hub = app[PRESENCE_KEY]
@@ -79,17 +85,26 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
         sock.data_received(tail)
     del request
     try:
-        if not await hub.join(conn, stored_views):
+        conn.admitted = await hub.join(conn, stored_views)
+        if not conn.admitted:
             # Accepted, then closed: a browser sees a close code, never an HTTP status.
             await sock.close(TOO_MANY, b"too many connections from this address")
+        elif hub.closing:
+            await sock.close(WSCloseCode.GOING_AWAY, b"Server shutting down")
+        else:
+            messages.admitted(conn)
     except (RedisError, OSError) as exc:
+        conn.admitted = False
         log.warning("viewer socket failed: %r", exc)
         await sock.close(WSCloseCode.TRY_AGAIN_LATER, b"Try again later")
     except Exception:
+        conn.admitted = False
         log.exception("viewer socket failed")
         await sock.close(WSCloseCode.INTERNAL_ERROR, b"Internal error")
     finally:
         conn.joined = True
+        if conn.admitted is None:
+            conn.admitted = False  # cancelled
         if sock.closed:
             await messages.leave(conn)
     return TakenOver(101)
@@ -126,6 +141,17 @@ class ViewerMessages:
         if self._work:
             await asyncio.wait(list(self._work))
 
+    async def close_all(self) -> None:
+        """Close (1001) every open socket, those still joining included."""
+        await asyncio.gather(*(sock.close(WSCloseCode.GOING_AWAY, b"Server shutting down")
+                               for sock in list(self.heartbeat.sockets)))
+
+    def admitted(self, conn: Connection) -> None:
+        """The socket is in: read what it sent while it was joining."""
+        pending, conn.pending = conn.pending, None
+        for text in pending or ():
+            self.message(conn, text)
+
     def lost(self, conn: Connection) -> None:
         if conn.joined:
             self._spawn(self.leave(conn))
@@ -138,7 +164,13 @@ class ViewerMessages:
 
     def message(self, conn: Connection, text: str | None) -> None:
         sock = conn.ws
-        if sock is None:
+        if sock is None or conn.admitted is False:
+            return
+        if conn.admitted is None:  # still joining: read once it is in (a few at most)
+            if conn.pending is None:
+                conn.pending = []
+            if len(conn.pending) < MAX_PENDING:
+                conn.pending.append(text)
             return
         if text is None:
             sock.send_text(error_text("bad_message", "Send JSON text messages"))
