@@ -311,7 +311,8 @@ class HardenedRequestHandler(RequestHandler):
             if data[-4:] == b"\r\n\r\n" and not self._force_close and not self._close:
                 if self._lane_timed:
                     self._lane_started = self._loop.time()
-                    self._lane_head = data
+                    if self._access_enabled:
+                        self._lane_head = data
                 try:
                     if lane.answer(self, data):
                         return

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 from typing import Any
@@ -50,7 +51,9 @@ _HEAD = re.compile(
 _HANDLER_FIELDS = re.compile(
     rb"\r\n(?:if-|content-length:|transfer-encoding:|upgrade:|expect:|te:|proxy-connection:)")
 _MAX_HEAD = 8190  # aiohttp's line limit: anything longer is for its parser to judge
-_MAX_FIELDS = 100  # aiohttp refuses more than 128 fields; many are for it to judge
+_MAX_FIELDS = 100
+# Bodies up to this size are copied into one write with their header block (`_send`).
+SMALL_BODY = 16 * 1024  # aiohttp refuses more than 128 fields; many are for it to judge
 
 
 class StreamLane:
@@ -169,12 +172,33 @@ def _send(transport: asyncio.Transport, sock: Any, raw: socket.socket | None, he
           fd: int, offset: int, count: int) -> int:
     """Send the header block and what the socket takes of the body now; the body bytes sent.
 
-    With the connection's own socket object at hand (asyncio's loop), the header block goes
-    with MSG_MORE, which holds it for the sendfile(2) that follows: one segment, two system
-    calls. Otherwise the socket is corked around the transport's write and the sendfile(2).
-    Whatever of the header block the socket did not take is queued on the transport, and
-    then no body byte is sent here (it would overtake it).
+    A body of at most SMALL_BODY bytes is read with pread(2) and written with its header
+    block in one write(2): one segment, two system calls, where sendfile(2) costs more
+    than the copy it saves. Otherwise, with the connection's own socket object at hand
+    (asyncio's loop), the header block goes with MSG_MORE, which holds it for the
+    sendfile(2) that follows; without it (uvloop) the socket is corked around the
+    transport's write and the sendfile(2). What the socket does not take is queued on the
+    transport, and no body byte is sent past it: a small body is queued whole after it,
+    a large one is sent later (the caller holds the connection).
     """
+    backlog = transport.get_write_buffer_size()
+    if count <= SMALL_BODY:
+        body = os.pread(fd, count, offset)
+        if len(body) == count:
+            data = head + body
+            written = 0
+            if not backlog:
+                try:
+                    written = os.write(sock.fileno(), data)
+                except (BlockingIOError, InterruptedError):
+                    written = 0
+            if written < len(data):
+                transport.write(data[written:] if written else data)
+            return count
+        # A file shorter than its row says: sendfile(2) and the handler's path find out.
+    if backlog:
+        transport.write(head)
+        return 0
     if raw is not None:
         try:
             written = raw.send(head, socket.MSG_MORE)
