@@ -339,8 +339,14 @@ def run_metrics_cost(args: argparse.Namespace, ws: Workspace, plain: Target, vid
     with procs.running(server.proc):
         metered = Target("tubelet", f"{server.base}/videos/{video_id}/stream", server.pid)
         for n in range(args.rounds):
-            offs.append(load(args, plain, spec, size, load_cpus))
-            ons.append(load(args, metered, spec, size, load_cpus))
+            # Which goes first alternates: a run right after another one on the same
+            # cores does not start from the same state.
+            if n % 2:
+                ons.append(load(args, metered, spec, size, load_cpus))
+                offs.append(load(args, plain, spec, size, load_cpus))
+            else:
+                offs.append(load(args, plain, spec, size, load_cpus))
+                ons.append(load(args, metered, spec, size, load_cpus))
             log(f"  m) round {n + 1}/{args.rounds}: metrics off {offs[-1].rps:,.0f} req/s "
                 f"({_cpu_us(offs[-1]):.1f} us CPU/req), on {ons[-1].rps:,.0f} req/s "
                 f"({_cpu_us(ons[-1]):.1f} us CPU/req)")
