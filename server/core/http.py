@@ -187,10 +187,12 @@ EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class TakenOver(web.StreamResponse):
-    """What a handler returns for a connection it took from aiohttp (`take_over`)."""
+    """What a handler returns once it wrote its answer to the socket itself, or handed the
+    connection off (`take_over`): aiohttp has nothing left to prepare or write."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(status=status)
+    @property
+    def prepared(self) -> bool:
+        return True
 
     @property
     def keep_alive(self) -> bool:
@@ -227,9 +229,8 @@ def take_over(request: web.BaseRequest, protocol: asyncio.Protocol) -> tuple[
     if handler._keepalive_handle is not None:
         handler._keepalive_handle.cancel()
         handler._keepalive_handle = None
-    if isinstance(handler, HardenedRequestHandler) and handler._head_timer is not None:
-        handler._head_timer.cancel()
-        handler._head_timer = None
+    if isinstance(handler, HardenedRequestHandler):
+        handler._stop_head_timer()
     handler._parser = None
     handler.transport = None
     transport.set_protocol(protocol)
@@ -300,9 +301,7 @@ class HardenedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._lane_held is not None:
             self._lane_held.cancel()
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -324,9 +323,7 @@ class HardenedRequestHandler(RequestHandler):
         super().data_received(data)
         added = self._request_count - before
         if added:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._stop_head_timer()
             messages = self._messages
             for index in range(-added, 0):
                 message = messages[index][0]
@@ -347,9 +344,7 @@ class HardenedRequestHandler(RequestHandler):
             self._request_in_progress = False
             if self._handler_waiter is not None and not self._handler_waiter.done():
                 self._handler_waiter.set_result(None)  # a graceful shutdown waits for it
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         manager = self._manager
         if manager is None:
             return  # the connection is gone
@@ -380,9 +375,7 @@ class HardenedRequestHandler(RequestHandler):
         # A response in progress: no timer may take the connection for an idle one (both
         # check only that aiohttp waits for a request, which it does throughout), and a
         # graceful shutdown waits for it as for aiohttp's own (lane_done ends both).
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
@@ -392,6 +385,11 @@ class HardenedRequestHandler(RequestHandler):
 
     def lane_task(self, coro: Coroutine[Any, Any, None]) -> None:
         self._lane_held = self._loop.create_task(coro)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

@@ -36,7 +36,7 @@ from server.core.ids import parse_video_id
 
 from .files import OpenFile, VideoFileCache
 from .ranges import plain_span
-from .sendfile import SentResponse, cork, head_block, sendfile, sendfile_once
+from .sendfile import SentResponse, cork, end_response, head_block, sendfile, sendfile_once
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ _HEAD = re.compile(
 _HANDLER_FIELDS = re.compile(
     rb"\r\n(?:if-|content-length:|transfer-encoding:|upgrade:|expect:|te:|proxy-connection:)")
 _MAX_HEAD = 8190  # aiohttp's line limit: anything longer is for its parser to judge
-_MAX_FIELDS = 100
+_MAX_FIELDS = 100  # aiohttp refuses more than 128 fields; many are for it to judge
 # Bodies up to this size are copied into one write with their header block (`_send`).
-SMALL_BODY = 16 * 1024  # aiohttp refuses more than 128 fields; many are for it to judge
+SMALL_BODY = 16 * 1024
 
 
 class StreamLane:
@@ -145,23 +145,19 @@ class StreamLane:
         response = SentResponse(status, keep_alive)
         response.head_bytes = len(head_bytes)
         response.file_bytes = sent
-        conn.lane_task(self._finish(conn, transport, file, first + sent, count - sent,
-                                    response))
+        conn.lane_task(self._finish(conn, transport, video_id, file, first + sent,
+                                    count - sent, response))
         return True
 
-    async def _finish(self, conn: LaneConnection, transport: asyncio.Transport, file: OpenFile,
-                      offset: int, count: int, response: SentResponse) -> None:
+    async def _finish(self, conn: LaneConnection, transport: asyncio.Transport,
+                      video_id: int, file: OpenFile, offset: int, count: int,
+                      response: SentResponse) -> None:
         before = response.file_bytes
         try:
             await sendfile(transport, conn.lane_socket, file.fd, offset, count, response)
             response.completed = True
         except Exception as exc:
-            if isinstance(exc, ConnectionError) or transport.is_closing():
-                log.debug("client left during a stream: %r", exc)
-            else:
-                log.error("a stream failed mid-response; closing the connection",
-                          exc_info=exc)
-            transport.close()
+            end_response(transport, exc, "GET", f"/videos/{video_id}/stream")
         finally:
             file.release(transport)
             self._cache.counts.direct_bytes += response.file_bytes - before

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 
+from server.core.http import TakenOver
 from server.core.storage import StorageUnavailable
 
 from .ranges import format_http_date
@@ -182,17 +183,22 @@ def abandon(request: web.BaseRequest, exc: Exception) -> None:
     logged as such. Either way no error response may follow: it would land inside
     the body the header block announced, so the connection is closed instead.
     """
-    transport = request.transport
+    end_response(request.transport, exc, request.method, request.path)
+
+
+def end_response(transport: asyncio.BaseTransport | None, exc: Exception, method: str,
+                 path: str) -> None:
+    """abandon() for a response known by its transport, with no request object at hand."""
     # asyncio raises RuntimeError for a sendfile on a transport that is closing.
     # The bucket failing while its ranges are forwarded is an outage, not a client leaving.
     client_gone = (isinstance(exc, ConnectionError)
                    and not isinstance(exc, StorageUnavailable)) or (
         isinstance(exc, RuntimeError) and (transport is None or transport.is_closing()))
     if client_gone:
-        log.debug("client left during %s: %s", request.path, exc)
+        log.debug("client left during %s: %s", path, exc)
     else:
-        log.error("%s %s failed mid-response; closing the connection", request.method,
-                  request.path, exc_info=exc)
+        log.error("%s %s failed mid-response; closing the connection", method, path,
+                  exc_info=exc)
     if transport is not None:
         transport.close()
 
@@ -259,18 +265,19 @@ class FileBodyResponse(web.StreamResponse):
         return written + self.file_bytes
 
 
-class SentResponse(web.StreamResponse):
+class SentResponse(TakenOver):
     """A response whose header block and body the handler writes to the socket itself.
 
-    aiohttp still calls prepare() and write_eof() on what a handler returns; here they
-    have nothing left to do. on_response_prepare signals do not run for it: a header
-    every response must carry belongs in `header_fields` too. body_length is what was
-    written: the header block, and the body bytes sendfile(2) handed to the kernel.
+    aiohttp still calls prepare() and write_eof() on what a handler returns; here, as for
+    any TakenOver, they have nothing left to do. on_response_prepare signals do not run
+    for it: a header every response must carry belongs in `header_fields` too.
+    body_length is what was written: the header block, and the body bytes sendfile(2)
+    handed to the kernel.
     """
 
     def __init__(self, status: int, keep_alive: bool) -> None:
-        # StreamResponse directly, not FileBodyResponse: one constructor less on the
-        # path every plain range request takes.
+        # Not FileBodyResponse: one constructor less on the path every plain range
+        # request takes.
         super().__init__(status=status)
         self.file_bytes = 0
         self.head_bytes = 0
@@ -284,16 +291,6 @@ class SentResponse(web.StreamResponse):
     @property
     def body_length(self) -> int:
         return self.head_bytes + self.file_bytes
-
-    @property
-    def prepared(self) -> bool:
-        return True
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
 
 
 async def send_direct(request: web.BaseRequest, sock: Any, head: bytes, fd: int, offset: int,

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..identity import Watcher
+from .sockets import OP_TEXT, frame
 
 if TYPE_CHECKING:
     from .sockets import ViewerSocket
@@ -38,15 +39,7 @@ def error_text(code: str, message: str) -> str:
 
 def text_frame(text: str) -> bytes:
     """One unfragmented, unmasked WebSocket text frame (RFC 6455, 5.2), as servers send."""
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
+    return frame(OP_TEXT, text.encode())
 
 
 class Reader(Protocol):

@@ -74,7 +74,7 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
         transport, tail = take_over(request, sock)
     except ConnectionError:
         sock.connection_lost(None)
-        return TakenOver(499)
+        return TakenOver(status=499)
     sock.transport = transport
     conn.ws = sock
     conn.transport = transport
@@ -107,7 +107,7 @@ async def active_viewers(request: web.Request) -> web.StreamResponse:
             conn.admitted = False  # cancelled
         if sock.closed:
             await messages.leave(conn)
-    return TakenOver(101)
+    return TakenOver(status=101)
 
 
 def switching_protocols(key: str) -> bytes:
