@@ -7,12 +7,14 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import psycopg2
 import pytest
 import redis
@@ -337,3 +339,16 @@ async def session_upload(session: Any, server: Any, data: bytes,
         video_id = (await resp.json())["id"]
     await make_ready(server.app, video_id)
     return token, video_id
+
+
+async def read_until_cut_off(resp: Any, received: int) -> int:
+    """Read a stream response at a player's pace until the server cuts it off, which must
+    happen within 4 s; the bytes read, `received` included."""
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with asyncio.timeout(8):
+            while chunk := await resp.content.read(65536):
+                received += len(chunk)
+                await asyncio.sleep(0.05)  # a player reading at its own pace
+    assert time.monotonic() - started < 4
+    return received

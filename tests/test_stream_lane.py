@@ -47,6 +47,15 @@ class Lane:
     data: bytes
     token: str
 
+    async def big_video(self, client: Any, seed: int) -> tuple[bytes, dict[str, Any], str]:
+        """A BIG video (more than a socket takes at once), cached in the lane's process:
+        its bytes, its JSON and its stream's path."""
+        data = fake_mp4(BIG, seed=seed)
+        video = await upload_ready(client, self.token, io.BytesIO(data))  # type: ignore[arg-type]
+        path = f"/videos/{video['id']}/stream"
+        await self.exchange(get(path, "Range: bytes=0-0"))
+        return data, video, path
+
     @property
     def lane(self) -> StreamLane:
         lane = self.app[LANE_KEY]
@@ -263,10 +272,7 @@ async def test_connection_close_is_honoured(served):
 async def test_a_body_larger_than_the_socket_takes_goes_out_whole_before_the_next(
         served, client, tmp_path):
     lane = await served()
-    data = fake_mp4(BIG, seed=7)
-    video = await upload_ready(client, lane.token, io.BytesIO(data))  # type: ignore[arg-type]
-    path = f"/videos/{video['id']}/stream"
-    await lane.exchange(get(path, "Range: bytes=0-0"))  # cached in the lane's process
+    data, video, path = await lane.big_video(client, seed=7)
     reader, writer = await asyncio.open_connection("127.0.0.1", lane.port, limit=2**26)
     try:
         before = lane.lane.taken
@@ -290,10 +296,7 @@ async def test_a_slow_reader_of_a_long_body_is_not_cut_off_by_idle_timers(served
     # Both timers look for a connection idle between requests; a lane response in
     # progress is not one, however long it takes.
     lane = await served(keepalive_timeout=0.5, header_timeout=0.5)
-    data = fake_mp4(BIG, seed=9)
-    video = await upload_ready(client, lane.token, io.BytesIO(data))  # type: ignore[arg-type]
-    path = f"/videos/{video['id']}/stream"
-    await lane.exchange(get(path, "Range: bytes=0-0"))
+    data, video, path = await lane.big_video(client, seed=9)
     reader, writer = await asyncio.open_connection("127.0.0.1", lane.port, limit=2**16)
     try:
         before = lane.lane.taken
@@ -319,10 +322,7 @@ async def test_a_slow_reader_of_a_long_body_is_not_cut_off_by_idle_timers(served
 
 async def test_a_client_gone_mid_body_releases_the_file(served, client):
     lane = await served()
-    data = fake_mp4(BIG, seed=3)
-    video = await upload_ready(client, lane.token, io.BytesIO(data))  # type: ignore[arg-type]
-    path = f"/videos/{video['id']}/stream"
-    await lane.exchange(get(path, "Range: bytes=0-0"))
+    data, video, path = await lane.big_video(client, seed=3)
     reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
     writer.write(get(path))
     await reader.readexactly(1000)
@@ -340,10 +340,7 @@ async def test_a_client_gone_mid_body_releases_the_file(served, client):
 
 async def test_a_delete_cuts_off_a_lane_response_in_flight(served, client):
     lane = await served()
-    data = fake_mp4(BIG, seed=5)
-    video = await upload_ready(client, lane.token, io.BytesIO(data))  # type: ignore[arg-type]
-    path = f"/videos/{video['id']}/stream"
-    await lane.exchange(get(path, "Range: bytes=0-0"))
+    data, video, path = await lane.big_video(client, seed=5)
     reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
     before = lane.lane.taken
     writer.write(get(path))

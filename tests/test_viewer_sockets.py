@@ -42,6 +42,14 @@ def client_frame(opcode: int, payload: bytes = b"", *, final: bool = True, maske
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def handshake(path: str, key: str, headers: dict[str, str] | None = None) -> bytes:
+    """A client's upgrade request for `path` with Sec-WebSocket-Key `key`, as UTF-8."""
+    fields = {"Host": "127.0.0.1", "Upgrade": "websocket", "Connection": "Upgrade",
+              "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13", **(headers or {})}
+    return (f"GET {path} HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in fields.items()) + "\r\n").encode()
+
+
 class Raw:
     """A WebSocket client written by hand: the handshake, then frames both ways."""
 
@@ -53,10 +61,7 @@ class Raw:
     async def open(cls, client: Any, path: str, headers: dict[str, str] | None = None) -> Raw:
         reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
         key = base64.b64encode(os.urandom(16)).decode()
-        fields = {"Host": "127.0.0.1", "Upgrade": "websocket", "Connection": "Upgrade",
-                  "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13", **(headers or {})}
-        writer.write((f"GET {path} HTTP/1.1\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in fields.items()) + "\r\n").encode())
+        writer.write(handshake(path, key, headers))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0] == "HTTP/1.1 101 Switching Protocols", lines
@@ -282,9 +287,7 @@ async def test_a_message_sent_with_the_handshake_is_read_after_the_welcome(clien
     video_id = await new_video(client)
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /videos/{video_id}/active-viewers HTTP/1.1\r\nHost: x\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    writer.write(handshake(f"/videos/{video_id}/active-viewers", key)
                  + client_frame(0x1, b'{"type": "nope"}'))
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     raw = Raw(reader, writer)
@@ -298,10 +301,8 @@ async def test_a_message_sent_with_the_handshake_is_read_after_the_welcome(clien
 async def test_a_key_that_is_not_ascii_is_a_bad_request(client):
     video_id = await new_video(client)
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write((f"GET /videos/{video_id}/active-viewers HTTP/1.1\r\nHost: x\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: caf\u00e9caf\u00e9caf\u00e9caf\u00e9==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(handshake(f"/videos/{video_id}/active-viewers",
+                           "caf\u00e9caf\u00e9caf\u00e9caf\u00e9=="))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 400 ")
     writer.close()
